@@ -1,0 +1,90 @@
+"""Megatron save dir (written by ``hf_to_megatron`` or by training) -> Hugging Face directory.
+
+Streaming: the checkpoint is read one layer at a time (torch.distributed.checkpoint reads only
+that layer's chunks), turned into HF tensors by the family's table and handed to a shard
+writer that holds at most one output shard. The result loads with
+``transformers.AutoModelForCausalLM.from_pretrained``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from tqdm import tqdm
+
+from megatron_hpt.conversion.checkpoint import (checkpoint_entries, expected_keys, read_entries,
+                                                read_tensor_metadata, resolve_checkpoint_dir)
+from megatron_hpt.conversion.registry import mapping_for
+from megatron_hpt.conversion.safetensors_io import ShardedSafetensorsWriter, parse_size
+from megatron_hpt.conversion.staging import copy_tokenizer_files, staged_output
+from megatron_hpt.models.hf_config import hf_config_from_shape
+from megatron_hpt.models.shape import ModelShape
+
+_DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+
+
+def read_shape_and_config(load_dir: str):
+    """``model_shape.json`` and ``hf_config.json`` written next to the checkpoint at conversion."""
+    path = os.path.join(load_dir, "model_shape.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing (written by convert_hf_to_megatron / training)")
+    with open(path) as f:
+        shape = ModelShape.from_json(f.read(), source=path)
+    base = {}
+    cfg_path = os.path.join(load_dir, "hf_config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as f:
+            base = json.load(f)
+    return shape, base
+
+
+def check_checkpoint(ckpt_dir: str, expected, meta) -> None:
+    """Raise naming missing keys, unexpected keys and shape mismatches all at once."""
+    problems = []
+    missing = sorted(set(expected) - set(meta))
+    extra = sorted(set(meta) - set(expected))
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if extra:
+        problems.append(f"unexpected tensors {extra}")
+    for k in sorted(set(expected) & set(meta)):
+        if tuple(expected[k]) != meta[k][0]:
+            problems.append(f"shape mismatch for {k}: expected {tuple(expected[k])}, got {meta[k][0]}")
+    if problems:
+        raise ValueError(f"{ckpt_dir}: checkpoint does not match model_shape.json: " + "; ".join(problems))
+
+
+def convert_megatron_to_hf(load_dir: str, save_dir: str, overwrite: bool = False,
+                           max_shard_size: str = "5GB", progress: bool = True) -> dict:
+    """Convert; returns the written ``config.json`` dict. ``save_dir`` appears only complete."""
+    shape, base = read_shape_and_config(load_dir)
+    arch = mapping_for(shape.hf_model_type or base.get("model_type"), source=os.path.join(load_dir, "model_shape.json"))
+    ckpt_dir = resolve_checkpoint_dir(load_dir)
+    meta = read_tensor_metadata(ckpt_dir)
+    check_checkpoint(ckpt_dir, expected_keys(arch, shape), meta)
+    entries = checkpoint_entries(arch, shape)
+    groups = [[e for e in entries if e.layer is None and e.key.startswith("embedding.")]]
+    groups += [[e for e in entries if e.layer == layer] for layer in range(shape.num_layers)]
+    groups += [[e for e in entries if e.layer is None and not e.key.startswith("embedding.")]]
+    with staged_output(save_dir, overwrite) as tmp:
+        writer = ShardedSafetensorsWriter(tmp, parse_size(max_shard_size))
+        for group in tqdm(groups, desc="megatron->hf", unit="layer", disable=not progress):
+            for e, t in zip(group, read_entries(ckpt_dir, group, meta)):
+                for name, hf_t in zip(e.mapping.hf_names(e.layer), e.mapping.to_hf(t, shape)):
+                    writer.add(name, hf_t)
+        writer.close()
+        config = hf_config_from_shape(shape, base=base)
+        dtype = _DTYPE_NAMES.get(str(meta["embedding.word_embeddings.weight"][1]))
+        for field in ("torch_dtype", "dtype"):
+            if field in config and dtype and config[field] != dtype:
+                config[field] = dtype
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        tok_dir = os.path.join(load_dir, "tokenizer")
+        if os.path.isdir(tok_dir):
+            copy_tokenizer_files(tok_dir, tmp)
+        if not os.path.isfile(os.path.join(tmp, "generation_config.json")):
+            gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                json.dump(dict(gen, _from_model_config=True), f, indent=2)
+    return config

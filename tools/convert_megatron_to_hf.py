@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""Convert a Megatron save dir (from convert_hf_to_megatron.py or from training: tracker file +
+release/ or iter_NNNNNNN/, model_shape.json, hf_config.json, tokenizer/) to a Hugging Face
+directory loadable by ``transformers.AutoModelForCausalLM.from_pretrained``: sharded safetensors
+with model.safetensors.index.json, config.json, generation_config.json and the tokenizer files.
+
+The checkpoint is read one layer at a time and at most one output shard is held in memory.
+"""
+import argparse
+import sys
+
+from megatron_hpt.conversion import convert_megatron_to_hf
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", required=True, help="Megatron save dir (holds latest_checkpointed_iteration.txt)")
+    p.add_argument("--save", required=True, help="output Hugging Face directory (must be empty or absent)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (e.g. 5GB, 500MB)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --save directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    try:
+        convert_megatron_to_hf(a.load, a.save, a.overwrite, a.max_shard_size, progress=not a.no_progress)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {a.save}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
