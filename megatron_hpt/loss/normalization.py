@@ -1,0 +1,145 @@
+"""Normalization contract (SPEC §6): denominators once per optimizer step, over the global batch.
+
+``compute_normalizers`` sums token and sequence counts over every micro-batch of the step and
+all-reduces them (SUM) once over the data-parallel (× context-parallel) group. ``policy_loss``
+divides each micro-batch's sums by these global numbers, so the sum of the micro-batch losses
+over all micro-batches and DP ranks is exactly the loss of the whole batch. The trainer must
+therefore stop megatron-core from averaging again: ``calculate_per_token_loss=True`` makes
+``pipeline_parallel/schedules.py`` ``forward_step_calc_loss`` skip its division by
+``num_microbatches``, and the DP gradient all-reduce must sum, not average.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.distributed as dist
+
+from .egspo import entropy_threshold
+
+
+@dataclass
+class Normalizers:
+    """Global denominators of one optimizer step (every field is a sum over the global batch)."""
+
+    rl_tokens: float = 0.0
+    """valid tokens of rows in the RL term (on-policy rows, plus demonstrations when
+    demo_rl_coef > 0), counting only rows whose RL weight is non-zero."""
+    rl_sequences: float = 0.0
+    """rows with at least one valid token in the RL term."""
+    sft_tokens: float = 0.0
+    """valid demonstration tokens of the SFT term (rows with non-zero SFT weight)."""
+    sft_sequences: float = 0.0
+    """demonstration rows of the SFT term."""
+    all_tokens: float = 0.0
+    """valid tokens of every row (entropy bonus and KL loss)."""
+    all_sequences: float = 0.0
+    """rows with at least one valid token (entropy bonus and KL loss)."""
+    num_micro_batches: float = 0.0
+    """micro-batches of the step over all DP ranks (token-sum-norm, micro_batch SFT)."""
+    max_response_length: float = 8192.0
+    """L_max (constant divisor of seq-mean-token-sum-norm / token-sum-norm)."""
+    egspo_threshold: float | None = None
+    """τ_B of EGSPO's quantile / soft gate over the batch's valid rollout-token entropies."""
+
+
+def term_masks(response_mask, cfg, is_demo=None, on_policy_weight=None, demo_rl_weight=None,
+               sft_weight=None):
+    """Token masks and row weights of each loss term; shared by counting and by the loss.
+
+    Returns dict: rl, sft, all: [B, T] 0/1 masks; rl_weight, sft_weight: [B] row weights
+    (coefficient × per-row weight; HPT soft mode passes the per-row weights).
+    """
+    m = response_mask.to(torch.float64 if not response_mask.is_floating_point()
+                         else response_mask.dtype)  # [B, T]
+    b = m.shape[0]
+    demo = torch.zeros(b, dtype=torch.bool, device=m.device) if is_demo is None else is_demo.bool()
+    ones = torch.ones(b, dtype=m.dtype, device=m.device)
+
+    def row(w):
+        return ones if w is None else w.detach().to(m.dtype)
+
+    rl_w = torch.where(demo, cfg.demo_rl_coef * row(demo_rl_weight), cfg.rl_coef * row(on_policy_weight))
+    sft_w = torch.where(demo, cfg.sft_coef * row(sft_weight), torch.zeros_like(ones))
+    return {
+        "rl": m * (rl_w != 0).to(m.dtype)[:, None],
+        "sft": m * (sft_w != 0).to(m.dtype)[:, None],
+        "all": m,
+        "rl_weight": rl_w,
+        "sft_weight": sft_w,
+    }
+
+
+_MB_KEYS = ("response_mask", "is_demo", "on_policy_weight", "demo_rl_weight", "sft_weight",
+            "old_entropy")
+
+
+def compute_normalizers(micro_batches, cfg, group=None) -> Normalizers:
+    """Global denominators for one optimizer step.
+
+    micro_batches: this rank's micro-batches, each a dict with ``response_mask`` [B, T] and
+    optionally ``is_demo``, ``on_policy_weight``, ``demo_rl_weight``, ``sft_weight`` [B]
+    (the same values later passed to ``policy_loss``) and ``old_entropy`` [B, T] (EGSPO
+    quantile/soft gate). group: the data-parallel (× context-parallel) process group; one
+    all-reduce (SUM) of the counts over it, plus two all_gathers for the EGSPO quantile.
+    With context parallelism each CP rank must pass only its own tokens.
+    """
+    counts = torch.zeros(7, dtype=torch.float64)
+    entropies = []
+    for mb in micro_batches:
+        unknown = sorted(set(mb) - set(_MB_KEYS))
+        if unknown:
+            raise ValueError(f"compute_normalizers: unknown micro-batch keys {unknown}; "
+                             f"valid: {list(_MB_KEYS)}")
+        masks = term_masks(mb["response_mask"], cfg, mb.get("is_demo"), mb.get("on_policy_weight"),
+                           mb.get("demo_rl_weight"), mb.get("sft_weight"))
+        for i, key in enumerate(("rl", "sft", "all")):
+            counts[2 * i] += masks[key].sum().double().cpu()
+            counts[2 * i + 1] += (masks[key].sum(-1) > 0).sum().double().cpu()
+        counts[6] += 1
+        if mb.get("old_entropy") is not None:
+            demo = mb.get("is_demo")
+            rollout = masks["all"] if demo is None else masks["all"] * (~demo.bool())[:, None]
+            entropies.append(mb["old_entropy"].detach()[rollout > 0].reshape(-1).cpu())
+    if group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(counts, group=group)
+    threshold = None
+    if cfg.egspo_gate_mode in ("quantile", "soft") and not cfg.egspo_gate_one:
+        if not entropies and group is None:
+            raise ValueError(f"egspo_gate_mode={cfg.egspo_gate_mode!r} needs 'old_entropy' in "
+                             "the micro-batches given to compute_normalizers")
+        values = torch.cat(entropies) if entropies else torch.zeros(0, dtype=torch.float64)
+        threshold = entropy_threshold(values, cfg.egspo_rho, group)
+    c = [float(v) for v in counts]
+    return Normalizers(rl_tokens=c[0], rl_sequences=c[1], sft_tokens=c[2], sft_sequences=c[3],
+                       all_tokens=c[4], all_sequences=c[5], num_micro_batches=c[6],
+                       max_response_length=float(cfg.max_response_length),
+                       egspo_threshold=threshold)
+
+
+def aggregate(values, mask, mode, tokens, sequences, norm: Normalizers):
+    """Σ over this micro-batch divided by global denominators (SPEC §6), a scalar.
+
+    token-mean: Σ M·v / tokens;  seq-mean-token-sum: Σ M·v / sequences;
+    seq-mean-token-mean: Σ_i (Σ_t M·v / |o_i|) / sequences;
+    seq-mean-token-sum-norm: Σ M·v / (L_max · sequences)  (Dr.GRPO);
+    token-sum-norm: Σ M·v / (L_max · micro-batches)  (released LUFFY/HPT: each micro-batch's
+    token sum / L_max, averaged over the micro-batches of the step).
+    values, mask: [B, T]. A zero denominator gives 0 (the sum is then 0 too).
+    """
+    masked = values * mask  # [B, T]
+    if mode == "token-mean":
+        return masked.sum() / max(tokens, 1.0)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / max(sequences, 1.0)
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(sequences, 1.0)
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / (norm.max_response_length * max(sequences, 1.0))
+    if mode == "token-sum-norm":
+        return masked.sum() / (norm.max_response_length * max(norm.num_micro_batches, 1.0))
+    raise ValueError(f"unknown loss_agg_mode {mode!r}")
+
+
+def as_dict(norm: Normalizers) -> dict:
+    return {f.name: getattr(norm, f.name) for f in fields(norm)}

@@ -1,0 +1,153 @@
+"""policy_loss: the token-level surrogate of SPEC §2 assembled from the four parts.
+
+    loss = (1 − μ)·L_RL + μ·sft_coef·L_SFT − c_H·agg(H) + β·agg(KL)      (μ-mixing presets)
+    loss =        L_RL +    sft_coef·L_SFT − c_H·agg(H) + β·agg(KL)      (otherwise)
+
+L_RL = −(1/Z_RL) Σ M·w_row·w_gate·[m·Â·f(x) + (1 − m)·sg(Â·f(bound))], with the on-policy
+estimator on rollout rows and the demonstration estimator on demo rows (selectable per data
+source); L_SFT = −(1/Z_SFT) Σ M·w_row·w_tok·ℓ over demonstration rows.
+"""
+from __future__ import annotations
+
+import torch
+
+from .egspo import egspo_weight
+from .kl import kl_penalty
+from .normalization import aggregate, compute_normalizers, term_masks
+from .parts import (LOG_FORM_REFERENCES, advantage, likelihood_gradient, reference_denominator,
+                    shaping, sft_weight, stabilization_mask)
+from .schedule import mu_at_step
+
+_EXTRAS = ("is_demo", "entropy", "old_entropy", "ref_logprobs", "normalizers", "mu", "step",
+           "on_policy_weight", "demo_rl_weight", "sft_weight")
+
+
+def _objective(logprobs, old_logprobs, adv_in, mask, cfg, source, seq_entropy):
+    """Per-token estimator objective of one data source ('on_policy' or 'demo'), [B, T]."""
+    ref_kind = getattr(cfg, f"{source}_reference")
+    log_ref = reference_denominator(logprobs, old_logprobs, ref_kind, mask,
+                                    cfg.clip_ratio_low, cfg.clip_ratio_high)
+    adv = advantage(adv_in, getattr(cfg, f"{source}_advantage"), mask, seq_entropy)
+    adv = adv.to(logprobs.dtype)
+    f_kind = getattr(cfg, f"{source}_shaping")
+    term = likelihood_gradient(logprobs, log_ref, f_kind, cfg.shaping_gamma,
+                               log_form=ref_kind in LOG_FORM_REFERENCES)
+    ratio = torch.exp(logprobs.detach() - log_ref)  # x in value
+    keep, bound = stabilization_mask(ratio, adv, getattr(cfg, f"{source}_mask"),
+                                     cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c)
+    dropped = (adv * shaping(bound, f_kind, cfg.shaping_gamma)).detach()
+    return keep * adv * term + (1.0 - keep) * dropped, keep, ratio
+
+
+def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras):
+    """Micro-batch loss already divided by the global denominators, and its metrics.
+
+    logprobs [B, T] (with gradient), old_logprobs [B, T] or None, advantages [B] or [B, T]
+    (from compute_advantages; None for presets that use none), response_mask [B, T].
+    extras: is_demo [B] bool; entropy [B, T] (differentiable, entropy bonus);
+    old_entropy [B, T] (detached: EGSPO gate, SRFT weights; defaults to sg(entropy));
+    ref_logprobs [B, T] (KL loss); normalizers (compute_normalizers over the whole step;
+    default: this batch alone); mu (CHORD/EGSPO μ) or step (μ = mu_at_step(step));
+    on_policy_weight, demo_rl_weight, sft_weight [B] (per-row branch coefficients, e.g. HPT).
+    Returns (loss, metrics): metrics is a dict of detached scalar tensors.
+    """
+    unknown = sorted(set(extras) - set(_EXTRAS))
+    if unknown:
+        raise ValueError(f"policy_loss: unknown extras {unknown}; valid: {list(_EXTRAS)}")
+    b, _ = logprobs.shape
+    dtype = logprobs.dtype
+    is_demo = extras.get("is_demo")
+    is_demo = torch.zeros(b, dtype=torch.bool, device=logprobs.device) if is_demo is None else is_demo.bool()
+    masks = term_masks(response_mask.to(dtype), cfg, is_demo, extras.get("on_policy_weight"),
+                       extras.get("demo_rl_weight"), extras.get("sft_weight"))
+    m_all = masks["all"]
+    norm = extras.get("normalizers")
+    if norm is None:
+        batch = {"response_mask": response_mask, "is_demo": is_demo}
+        for k in ("on_policy_weight", "demo_rl_weight", "sft_weight"):
+            if extras.get(k) is not None:
+                batch[k] = extras[k]
+        ent_src = extras.get("old_entropy", extras.get("entropy"))
+        if ent_src is not None:
+            batch["old_entropy"] = ent_src
+        norm = compute_normalizers([batch], cfg)
+    entropy = extras.get("entropy")
+    old_entropy = extras.get("old_entropy")
+    old_entropy = entropy.detach() if old_entropy is None and entropy is not None else old_entropy
+    seq_entropy = None
+    if old_entropy is not None:  # H̄_i, mean token entropy of each row, detached
+        seq_entropy = (old_entropy.detach() * m_all).sum(-1) / m_all.sum(-1).clamp(min=1)
+
+    zero = logprobs.sum() * 0.0
+    metrics = {}
+    # ---- RL term: each data source with its own estimator ----
+    rl = zero
+    if masks["rl"].sum() > 0:
+        demo_rows = is_demo[:, None]
+        obj_on, keep_on, ratio_on = _objective(logprobs, old_logprobs, advantages, m_all, cfg,
+                                               "on_policy", seq_entropy)
+        weight = torch.ones_like(obj_on)
+        if cfg.egspo_gate_mode != "off" or cfg.egspo_gate_one:
+            if old_entropy is None:
+                raise ValueError("EGSPO gate needs the old_entropy (or entropy) extra")
+            weight, g = egspo_weight(logprobs, old_entropy, cfg, norm.egspo_threshold)
+            on_tok = masks["rl"] * (~demo_rows).to(dtype)
+            metrics["egspo_gate_fraction"] = (g * on_tok).sum() / on_tok.sum().clamp(min=1)
+            weight = torch.where(demo_rows, torch.ones_like(weight), weight)
+        if bool(is_demo.any()) and cfg.demo_rl_coef > 0:
+            obj_demo, keep_demo, _ = _objective(logprobs, old_logprobs, advantages, m_all, cfg,
+                                                "demo", seq_entropy)
+            obj = torch.where(demo_rows, obj_demo, obj_on)
+            keep = torch.where(demo_rows, keep_demo, keep_on)
+        else:
+            obj, keep = obj_on, keep_on
+        values = -obj * weight * masks["rl_weight"][:, None]
+        rl = aggregate(values, masks["rl"], cfg.loss_agg_mode, norm.rl_tokens, norm.rl_sequences, norm)
+        rl_tok = masks["rl"]
+        metrics["clip_fraction"] = ((1.0 - keep) * rl_tok).sum() / rl_tok.sum().clamp(min=1)
+        on_tok = (m_all * (~demo_rows).to(dtype)) > 0
+        if old_logprobs is not None and bool(on_tok.any()):
+            r = torch.exp(logprobs.detach() - old_logprobs.detach())[on_tok]
+            metrics.update(ratio_mean=r.mean(), ratio_min=r.min(), ratio_max=r.max())
+    # ---- SFT term over demonstration rows ----
+    sft = zero
+    if masks["sft"].sum() > 0:
+        w_tok = sft_weight(logprobs, cfg.sft_weighting, seq_entropy)
+        values = -(w_tok * logprobs) * (masks["sft_weight"] / cfg.sft_coef)[:, None]
+        if cfg.sft_normalization == "global":
+            sft = (values * masks["sft"]).sum() / max(norm.sft_tokens, 1.0)
+        else:  # released HPT: token-mean inside this micro-batch, averaged over micro-batches
+            sft = ((values * masks["sft"]).sum() / masks["sft"].sum()
+                   / max(norm.num_micro_batches, 1.0))
+    # ---- mixing, entropy bonus, KL ----
+    if cfg.mu_schedule == "none":
+        mu = None
+        loss = rl + cfg.sft_coef * sft
+    else:
+        mu = extras.get("mu")
+        if mu is None:
+            if extras.get("step") is None:
+                raise ValueError(f"mu_schedule={cfg.mu_schedule!r} needs the mu or step extra")
+            mu = mu_at_step(int(extras["step"]), cfg)
+        loss = (1.0 - mu) * rl + mu * cfg.sft_coef * sft
+    ent = zero
+    if entropy is not None:
+        ent = aggregate(entropy, m_all, cfg.loss_agg_mode, norm.all_tokens, norm.all_sequences, norm)
+        if cfg.entropy_coef > 0:
+            loss = loss - cfg.entropy_coef * ent
+        metrics["entropy_mean"] = (entropy.detach() * m_all).sum() / m_all.sum().clamp(min=1)
+    elif cfg.entropy_coef > 0:
+        raise ValueError(f"entropy_coef={cfg.entropy_coef} needs the entropy extra")
+    kl = zero
+    if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
+        if extras.get("ref_logprobs") is None:
+            raise ValueError("kl_coef > 0 with kl_mode='loss' needs the ref_logprobs extra")
+        k = kl_penalty(logprobs, extras["ref_logprobs"], cfg.kl_estimator)
+        kl = aggregate(k, m_all, cfg.loss_agg_mode, norm.all_tokens, norm.all_sequences, norm)
+        loss = loss + cfg.kl_coef * kl
+        metrics["kl_mean"] = (k.detach() * m_all).sum() / m_all.sum().clamp(min=1)
+    metrics.update(pg_loss=rl, sft_loss=sft, entropy_loss=ent, kl_loss=kl, loss=loss,
+                   demo_token_share=(m_all * is_demo[:, None].to(dtype)).sum() / m_all.sum().clamp(min=1))
+    if mu is not None:
+        metrics["mu"] = torch.tensor(float(mu))
+    return loss, {k: v.detach() for k, v in metrics.items()}
