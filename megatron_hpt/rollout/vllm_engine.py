@@ -1,0 +1,177 @@
+"""The colocated vLLM engine: vLLM 0.32 inside the training processes, one copy per TP group.
+
+Layout: under torchrun/srun every training rank constructs ``VllmEngine`` with
+``tensor_parallel_size`` = the training TP size. vLLM is then started with
+``distributed_executor_backend="external_launcher"``: it joins the already initialised
+torch.distributed world (no new processes), groups consecutive ranks into TP groups exactly like
+megatron-core (PP = 1 inside vLLM), and every TP group generates independently for its own
+prompts (vLLM's "external DP"). All ranks of a TP group must call ``generate`` together with the
+same prompts and ``SamplingParams`` (same seed), and get the same samples. Single process
+without torch.distributed: vLLM's in-process executor. V1 multiprocessing is always off, so weight
+tensors are handed to the model in-process, never serialised.
+
+What moves on ``update_weights``: every rank's worker runs vLLM's in-place reload
+(``Worker.reload_weights`` through ``LLM.collective_rpc``) on a lazy iterator over the stream, so
+one bucket of (HF name, full tensor) pairs is alive at a time; vLLM's ``model.load_weights`` slices
+out this rank's TP shard and fuses q/k/v and gate/up, and its layer-wise reload re-runs the
+kernel-format post-processing (the CPU backend repacks linear weights for oneDNN, so a bare
+``model.load_weights`` after start-up fails). Afterwards the prefix cache is reset (cached KV
+blocks were computed with the old weights).
+
+Sleep mode (GPU only): ``sleep()`` = ``llm.sleep(level=1)`` offloads weights to host memory and
+frees the KV cache so training has the GPU; ``update_weights`` wakes the weights only, and
+``wake_up()`` then restores the KV cache. vLLM's CPU backend has no sleep mode: on CPU the engine
+logs once and keeps everything resident.
+
+Log-probs: vLLM's ``logprobs_mode="processed_logprobs"`` gives log_softmax(logits / T) after
+top-k/top-p truncation; the engine hooks vLLM's top-k/top-p sampler so the reported log-probs
+are taken just before truncation, i.e. the protocol's convention (full vocabulary, logits / T).
+Greedy requests report log_softmax(logits) (T = 1), as the embedded engine does.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from megatron_hpt.rollout.engines import check_engine_available
+from megatron_hpt.rollout.protocol import RolloutSample, SamplingParams, WeightStream
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- worker-side functions
+# Called by ``LLM.collective_rpc`` with vLLM's worker as first argument, on every rank.
+
+def _report_untruncated_logprobs(worker) -> bool:
+    """Make vLLM's top-k/top-p sampler return log_softmax of its input (logits / T) computed
+    before truncation, instead of the truncated-renormalised log-probs."""
+    sampler = worker.model_runner.sampler.topk_topp_sampler
+    truncating_forward = sampler.forward
+
+    def forward(logits, generators, k, p):
+        full = logits.log_softmax(dim=-1, dtype=torch.float32)  # before the in-place truncation
+        sampled, _ = truncating_forward(logits, generators, k, p)
+        return sampled, full
+
+    sampler.forward = forward
+    return True
+
+
+# ---------------------------------------------------------------- engine
+class VllmEngine:
+    """vLLM colocated with training; see the module docstring for layout and data movement."""
+
+    shares_training_weights = False
+
+    def __init__(self, hf_dir: str, tensor_parallel_size: int = 1, seed: int = 0,
+                 max_model_len: int = 4096, dtype: str = "auto",
+                 gpu_memory_utilization: float = 0.5, enforce_eager: bool = False,
+                 load_format: str = "auto", enable_prefix_caching: bool = True,
+                 **engine_kwargs):
+        """``hf_dir``: a Hugging Face model directory (config.json; weights unless
+        ``load_format="dummy"``, which starts from random weights that the first
+        ``update_weights`` replaces). ``tensor_parallel_size``: the training TP size.
+        ``engine_kwargs``: passed to ``vllm.LLM`` unchanged."""
+        check_engine_available("vllm")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
+        from vllm import LLM
+
+        self.on_gpu = torch.cuda.is_available()
+        if not self.on_gpu:
+            logger.warning("vLLM CPU backend: sleep mode is unavailable; the rollout engine keeps "
+                           "its weights and KV cache resident between rollout phases")
+        distributed = dist.is_initialized() and dist.get_world_size() > 1
+        if distributed and dist.get_world_size() % tensor_parallel_size:
+            raise ValueError(f"world size {dist.get_world_size()} is not a multiple of the rollout "
+                             f"tensor_parallel_size {tensor_parallel_size}")
+        self.llm = LLM(
+            model=hf_dir, tensor_parallel_size=tensor_parallel_size, seed=seed,
+            max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
+            gpu_memory_utilization=gpu_memory_utilization, load_format=load_format,
+            enable_prefix_caching=enable_prefix_caching, skip_tokenizer_init=True,
+            logprobs_mode="processed_logprobs", enable_sleep_mode=self.on_gpu,
+            distributed_executor_backend="external_launcher" if distributed else None,
+            **engine_kwargs)
+        self.llm.collective_rpc(_report_untruncated_logprobs)
+        self._asleep = False
+        self._weights_awake = False
+
+    # ------------------------------------------------------------------ protocol
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int,
+                 sampling: SamplingParams) -> List[RolloutSample]:
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if n < 1 or not prompt_token_ids or any(len(p) == 0 for p in prompt_token_ids):
+            raise ValueError(f"need n >= 1 and non-empty prompts (n={n}, "
+                             f"prompt lengths={[len(p) for p in prompt_token_ids]})")
+        if self._asleep:
+            raise RuntimeError("generate() on a sleeping vLLM engine: call wake_up() first")
+        prompts = [list(map(int, p)) for p in prompt_token_ids]
+        # vLLM refuses n > 1 for greedy requests: repeat greedy prompts instead
+        per_request = 1 if sampling.greedy else n
+        requests = prompts if per_request == n else [p for p in prompts for _ in range(n)]
+        params = VllmSamplingParams(
+            n=per_request, temperature=sampling.temperature, top_p=sampling.top_p,
+            top_k=sampling.top_k, max_tokens=sampling.max_new_tokens, seed=sampling.seed,
+            # eos and stop ids both go through vLLM's stop ids, so the reason is unambiguous
+            stop_token_ids=list(sampling.eos_token_ids) + list(sampling.stop_token_ids),
+            ignore_eos=True, logprobs=0, detokenize=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in requests], params,
+                                    use_tqdm=False)
+        samples = []
+        for request_index, out in enumerate(outputs):
+            for completion in out.outputs:
+                tokens = list(completion.token_ids)
+                logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
+                samples.append(RolloutSample(
+                    prompt_index=request_index * per_request // n,
+                    response_token_ids=tokens, logprobs=logprobs,
+                    finish_reason=self._finish_reason(completion, sampling),
+                    prompt_token_ids=list(out.prompt_token_ids)))
+        return samples
+
+    @staticmethod
+    def _finish_reason(completion, sampling: SamplingParams) -> str:
+        if completion.finish_reason == "length":
+            return "length"
+        if completion.finish_reason == "stop" and completion.stop_reason in sampling.eos_token_ids:
+            return "eos"
+        if completion.finish_reason == "stop" and completion.stop_reason in sampling.stop_token_ids:
+            return "stop"
+        raise RuntimeError(f"vLLM finished a sample with reason {completion.finish_reason!r} "
+                           f"(stop_reason {completion.stop_reason!r}), which the rollout "
+                           "protocol does not know")
+
+    def update_weights(self, stream: WeightStream) -> None:
+        """Load every bucket into vLLM (sharded by vLLM's loaders), then reset the prefix cache.
+        Needs the in-process engine core (always the case here): the iterator is not serialised."""
+        if self._asleep and self.on_gpu and not self._weights_awake:
+            self.llm.wake_up(tags=["weights"])  # KV cache stays released while weights load
+            self._weights_awake = True
+        pairs = (pair for bucket in stream for pair in bucket)
+        self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=pairs,
+                                                              is_checkpoint_format=True))
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """GPU: offload weights, free the KV cache (level 1). CPU: nothing (logged at start)."""
+        if self.on_gpu and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep, self._weights_awake = True, False
+
+    def wake_up(self) -> None:
+        """GPU: restore the KV cache (and the weights unless update_weights already did)."""
+        if self.on_gpu and self._asleep:
+            self.llm.wake_up(tags=["kv_cache"] if self._weights_awake else None)
+        self._asleep, self._weights_awake = False, False
+
+    def shutdown(self, timeout: Optional[float] = None) -> None:
+        """Release the engine (tests start one per module)."""
+        engine = getattr(self.llm, "llm_engine", None)
+        if engine is not None and hasattr(engine, "engine_core"):
+            engine.engine_core.shutdown()
