@@ -20,12 +20,13 @@ EOS = 2
 
 def megatron_model(seed: int, shape: ModelShape = SHAPE, tp: int = 1):
     """This rank's TP shard of a fp32 GPTModel with random weights drawn from ``seed``
-    (megatron must be initialised; the model-parallel RNG makes shards of one full init)."""
+    (megatron must be initialised). CPU initialisation draws the full weights and then splits
+    them, so every TP layout holds the same model."""
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
     model_parallel_cuda_manual_seed(seed)
     torch.manual_seed(seed)
     config = transformer_config(shape, tensor_model_parallel_size=tp, params_dtype=torch.float32,
-                                init_method_std=0.1)
+                                init_method_std=0.1, use_cpu_initialization=True)
     return build_gpt_model(shape, config)
 
 
