@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import traceback
 
 import torch.multiprocessing as mp
@@ -13,7 +14,9 @@ def _worker(rank, world_size, port, fn, args, queue):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        queue.put((rank, "ok", fn(*args)))
+        # pickled by value here: tensors sent through the queue as shared memory would vanish
+        # when this process exits before the parent reads them
+        queue.put((rank, "ok", pickle.dumps(fn(*args))))
     except BaseException:  # report every failure to the parent with its traceback
         queue.put((rank, "error", traceback.format_exc()))
 
@@ -34,7 +37,7 @@ def run_distributed(fn, world_size: int, *args, timeout: float = 300.0):
             rank, status, value = queue.get(timeout=timeout)
             if status == "error":
                 raise RuntimeError(f"rank {rank} failed:\n{value}")
-            results[rank] = value
+            results[rank] = pickle.loads(value)  # our own child's bytes
     finally:
         for p in procs:
             p.join(timeout=30)

@@ -1,0 +1,392 @@
+"""Command-line flags (Megatron-LM's names) -> dataclass configs, validated before allocation.
+
+The megatron-core wheel has no ``megatron.training``, so the flags we use are redeclared here with
+Megatron-LM's names and defaults, one ``add_*_arguments`` per group. ``build_config(args)`` turns
+the namespace into a ``TrainingConfig`` once; library code never reads ``args``. Impossible
+combinations raise ``ConfigError`` before any process group or tensor exists, naming the fix.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from megatron_hpt.models.hf_config import load_hf_config, shape_from_hf_config
+from megatron_hpt.models.shape import ModelShape
+from megatron_hpt.platform import cuda_available
+
+
+class ConfigError(ValueError):
+    """A flag combination that cannot run; the message says what to change."""
+
+
+# ============================ argument groups ============================
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (Megatron-LM names; or --hf-model to read a config.json)")
+    g.add_argument("--hf-model", default=None,
+                   help="Hugging Face model directory: the model shape comes from its config.json")
+    g.add_argument("--num-layers", type=int, default=None)
+    g.add_argument("--hidden-size", type=int, default=None)
+    g.add_argument("--ffn-hidden-size", type=int, default=None)
+    g.add_argument("--num-attention-heads", type=int, default=None)
+    g.add_argument("--num-query-groups", type=int, default=None,
+                   help="key/value heads (grouped-query attention); default: as many as heads")
+    g.add_argument("--group-query-attention", action="store_true",
+                   help="accepted for Megatron-LM compatibility; --num-query-groups decides")
+    g.add_argument("--kv-channels", type=int, default=None)
+    g.add_argument("--seq-length", type=int, default=None, help="training sequence length")
+    g.add_argument("--max-position-embeddings", type=int, default=None)
+    g.add_argument("--normalization", choices=["RMSNorm", "LayerNorm"], default="LayerNorm")
+    g.add_argument("--norm-epsilon", type=float, default=1e-5)
+    g.add_argument("--swiglu", action="store_true")
+    g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute"],
+                   default="learned_absolute")
+    g.add_argument("--rotary-base", type=float, default=10000.0)
+    g.add_argument("--rope-scaling-factor", type=float, default=None)
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    g.add_argument("--disable-bias-linear", action="store_true")
+    g.add_argument("--add-qkv-bias", action="store_true")
+    g.add_argument("--qk-layernorm", action="store_true")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="vocabulary rows; default: the tokenizer's, padded to a multiple of "
+                        "--make-vocab-size-divisible-by (not x TP: the model is the same at any TP)")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+
+
+def add_parallel_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--context-parallel-size", type=int, default=1)
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--overlap-grad-reduce", action="store_true")
+
+
+def add_precision_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("precision")
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--fp16", action="store_true")
+    g.add_argument("--fp8-format", choices=["e4m3", "hybrid"], default=None,
+                   help="FP8 through Transformer Engine (GPU only)")
+    g.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "blockwise", "mxfp8"],
+                   default="delayed")
+
+
+def add_optimizer_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimizer and learning-rate schedule")
+    g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine", "inverse-square-root"],
+                   default="constant")
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-decay-iters", type=int, default=None)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=8)
+    g.add_argument("--global-batch-size", type=int, default=None,
+                   help="sequences per optimizer step (all micro-batches, all DP ranks)")
+    g.add_argument("--train-iters", type=int, default=100)
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--data-path", default="builtin:arithmetic",
+                   help="builtin:arithmetic (no files needed) or a parquet/JSONL file")
+    g.add_argument("--use-cpu-initialization", action="store_true",
+                   help="initialise full weights on CPU then split (same weights at any TP)")
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("checkpointing (megatron-core dist_checkpointing)")
+    g.add_argument("--save", default=None, help="directory to save checkpoints to")
+    g.add_argument("--load", default=None, help="directory to load a checkpoint from")
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--finetune", action="store_true",
+                   help="load weights only and start at iteration 0")
+
+
+def add_logging_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-interval", type=int, default=1)
+    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--eval-interval", type=int, default=None,
+                   help="greedy accuracy on held-out builtin problems every N iterations")
+
+
+def _add_loss_arguments(p: argparse.ArgumentParser) -> None:
+    from megatron_hpt.loss.cli import add_loss_arguments
+    add_loss_arguments(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m megatron_hpt.train",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for add in (add_model_arguments, add_parallel_arguments, add_precision_arguments,
+                add_optimizer_arguments, add_training_arguments, add_checkpoint_arguments,
+                add_logging_arguments, _add_loss_arguments):
+        add(p)
+    return p
+
+
+# ============================ configs ============================
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    """Tensor-parallel ranks (splits heads, MLP width and vocabulary)."""
+    pipeline_model_parallel_size: int = 1
+    """Pipeline stages (splits layers)."""
+    context_parallel_size: int = 1
+    """Context-parallel ranks (splits the sequence in attention; needs Transformer Engine)."""
+    sequence_parallel: bool = False
+    """Shard layer-norm/dropout activations along the sequence over TP (needs Transformer Engine)."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (needs CUDA)."""
+    overlap_grad_reduce: bool = False
+    """Overlap the DP gradient reduce with the backward pass."""
+    data_parallel_size: int = 1
+    """Derived: world size / (TP x PP x CP)."""
+
+
+@dataclass
+class TrainingConfig:
+    shape: ModelShape
+    """Model shape (from flags or the HF config)."""
+    parallel: ParallelConfig
+    """Parallel layout."""
+    params_dtype: torch.dtype = torch.float32
+    """Parameter dtype (bf16/fp16 with --bf16/--fp16)."""
+    fp8_format: Optional[str] = None
+    """FP8 format for Transformer Engine, or None."""
+    fp8_recipe: str = "delayed"
+    """Transformer Engine FP8 recipe."""
+    seq_length: int = 64
+    """Tokens per training sequence."""
+    micro_batch_size: int = 8
+    """Sequences per micro-batch on one DP rank."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step over all DP ranks."""
+    train_iters: int = 100
+    """Optimizer steps to run."""
+    seed: int = 1234
+    """Seed for weights, data order and sampling."""
+    use_cpu_initialization: bool = False
+    """Initialise full weights on CPU then split (TP-invariant initial weights)."""
+    data_path: str = "builtin:arithmetic"
+    """Training data source."""
+    hf_model: Optional[str] = None
+    """HF model directory the shape (and tokenizer) came from."""
+    lr: float = 1e-4
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Final learning rate of a decaying schedule."""
+    lr_decay_style: str = "constant"
+    """constant | linear | cosine | inverse-square-root."""
+    lr_warmup_iters: int = 0
+    """Linear warm-up steps."""
+    lr_decay_iters: Optional[int] = None
+    """Decay steps (default: train_iters)."""
+    optimizer: str = "adam"
+    """adam (AdamW-style decoupled weight decay) or sgd."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    clip_grad: float = 1.0
+    """Gradient-norm clip (0 = off)."""
+    save: Optional[str] = None
+    """Checkpoint directory to write."""
+    load: Optional[str] = None
+    """Checkpoint directory to read."""
+    save_interval: Optional[int] = None
+    """Save every N iterations (and at the end)."""
+    no_load_optim: bool = False
+    """Do not restore optimizer state."""
+    no_load_rng: bool = False
+    """Do not restore RNG state."""
+    finetune: bool = False
+    """Load weights only, restart at iteration 0."""
+    log_interval: int = 1
+    """Print an iteration line every N steps."""
+    tensorboard_dir: Optional[str] = None
+    """TensorBoard event directory."""
+    eval_interval: Optional[int] = None
+    """Evaluate every N iterations."""
+    loss: object = None
+    """The loss head's LossConfig (megatron_hpt.loss)."""
+    extra: dict = field(default_factory=dict)
+    """Free-form settings of capabilities that have no typed config yet."""
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.parallel.data_parallel_size)
+
+
+# ============================ validation ============================
+
+def _te_available() -> bool:
+    from megatron_hpt.models.provider import transformer_engine_available
+    return transformer_engine_available()
+
+
+def validate(cfg: TrainingConfig, world_size: int) -> None:
+    """Raise ConfigError for every impossible combination, before anything is allocated."""
+    par, s = cfg.parallel, cfg.shape
+    tp, pp, cp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size
+    errors: List[str] = []
+    if world_size % (tp * pp * cp):
+        errors.append(f"world size {world_size} is not divisible by TP x PP x CP = {tp}x{pp}x{cp}; "
+                      f"launch a multiple of {tp * pp * cp} processes")
+    if s.num_attention_heads % tp:
+        errors.append(f"--num-attention-heads {s.num_attention_heads} is not divisible by "
+                      f"--tensor-model-parallel-size {tp}; choose a TP size that divides it")
+    if s.num_query_groups % tp:
+        errors.append(f"--num-query-groups {s.num_query_groups} is not divisible by "
+                      f"--tensor-model-parallel-size {tp}; choose a TP size that divides it")
+    if s.vocab_size % tp:
+        errors.append(f"vocabulary size {s.vocab_size} is not divisible by "
+                      f"--tensor-model-parallel-size {tp}")
+    if s.num_layers % pp:
+        errors.append(f"--num-layers {s.num_layers} is not divisible by "
+                      f"--pipeline-model-parallel-size {pp}; choose a PP size that divides it")
+    needs_te = [name for name, on in (("--context-parallel-size > 1", cp > 1),
+                                      ("--sequence-parallel", par.sequence_parallel),
+                                      ("--fp8-format", cfg.fp8_format is not None)) if on]
+    if needs_te and not _te_available():
+        errors.append(f"{', '.join(needs_te)} needs Transformer Engine, which is not installed: "
+                      "on a CUDA machine run `pip install -e .[gpu]` (or use the Dockerfile), "
+                      "or drop the flag")
+    if par.sequence_parallel and tp == 1:
+        errors.append("--sequence-parallel needs --tensor-model-parallel-size > 1")
+    if par.use_distributed_optimizer and not cuda_available():
+        errors.append("--use-distributed-optimizer needs CUDA (megatron-core shards optimizer state "
+                      "in CUDA buffers); drop the flag on CPU")
+    if cfg.fp8_format is not None and not cuda_available():
+        errors.append("--fp8-format needs a CUDA GPU with FP8 support (Hopper or newer)")
+    if cfg.params_dtype != torch.float32 and not cuda_available():
+        errors.append("--bf16/--fp16 training needs CUDA here (megatron's mixed-precision optimizer "
+                      "keeps CUDA main-grad buffers); drop the flag on CPU")
+    dp = world_size // max(1, tp * pp * cp)
+    per_step = cfg.micro_batch_size * max(dp, 1)
+    if cfg.global_batch_size % per_step:
+        errors.append(f"--global-batch-size {cfg.global_batch_size} is not divisible by "
+                      f"--micro-batch-size x data-parallel size = {cfg.micro_batch_size}x{dp}")
+    if cfg.seq_length > s.max_position_embeddings:
+        errors.append(f"--seq-length {cfg.seq_length} exceeds --max-position-embeddings "
+                      f"{s.max_position_embeddings}")
+    if cfg.save_interval is not None and not cfg.save:
+        errors.append("--save-interval needs --save DIR")
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+# ============================ namespace -> configs ============================
+
+def _shape_from_flags(args, vocab_size: Optional[int], tp: int) -> ModelShape:
+    missing = [f"--{n.replace('_', '-')}" for n in ("num_layers", "hidden_size", "num_attention_heads")
+               if getattr(args, n) is None]
+    if missing:
+        raise ConfigError(f"model shape incomplete: give {', '.join(missing)} or --hf-model DIR")
+    vocab = args.vocab_size or vocab_size
+    if vocab is None:
+        raise ConfigError("--vocab-size is required when the data source brings no tokenizer")
+    if args.vocab_size is None:
+        # Megatron-LM pads to a multiple of divisible-by x TP, so the vocabulary (and the softmax
+        # over its padding rows) changes with TP. Here it is padded to divisible-by only, the same
+        # at every layout; validate() then requires TP to divide it.
+        mult = args.make_vocab_size_divisible_by
+        vocab = ((vocab + mult - 1) // mult) * mult
+    return ModelShape(
+        num_layers=args.num_layers, hidden_size=args.hidden_size,
+        ffn_hidden_size=args.ffn_hidden_size or 4 * args.hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups or args.num_attention_heads,
+        kv_channels=args.kv_channels, vocab_size=vocab,
+        max_position_embeddings=args.max_position_embeddings or args.seq_length or 4096,
+        position_embedding_type=args.position_embedding_type, rotary_base=args.rotary_base,
+        rope_scaling_factor=args.rope_scaling_factor, normalization=args.normalization,
+        norm_epsilon=args.norm_epsilon, swiglu=args.swiglu,
+        untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
+        add_bias_linear=not args.disable_bias_linear, add_qkv_bias=args.add_qkv_bias,
+        qk_layernorm=args.qk_layernorm,
+    )
+
+
+def build_config(args: argparse.Namespace, world_size: int = 1,
+                 tokenizer_vocab_size: Optional[int] = None) -> TrainingConfig:
+    """Turn parsed flags into a validated TrainingConfig (raises ConfigError)."""
+    tp, pp, cp = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                  args.context_parallel_size)
+    for name, v in (("tensor", tp), ("pipeline", pp), ("context", cp)):
+        if v < 1:
+            raise ConfigError(f"--{name}-model-parallel-size must be >= 1, got {v}")
+    if args.hf_model:
+        shape = shape_from_hf_config(load_hf_config(args.hf_model),
+                                     source=f"{args.hf_model}/config.json")
+    else:
+        shape = _shape_from_flags(args, tokenizer_vocab_size, tp)
+    if args.bf16 and args.fp16:
+        raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    dp = max(1, world_size // (tp * pp * cp))
+    from megatron_hpt.loss.cli import loss_config_from_args
+    try:
+        loss_cfg = loss_config_from_args(args)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(str(e)) from e
+    cfg = TrainingConfig(
+        shape=shape,
+        parallel=ParallelConfig(tp, pp, cp, args.sequence_parallel, args.use_distributed_optimizer,
+                                args.overlap_grad_reduce, dp),
+        params_dtype=dtype, fp8_format=args.fp8_format, fp8_recipe=args.fp8_recipe,
+        seq_length=args.seq_length or min(shape.max_position_embeddings, 64),
+        micro_batch_size=args.micro_batch_size,
+        global_batch_size=args.global_batch_size or args.micro_batch_size * dp,
+        train_iters=args.train_iters, seed=args.seed,
+        use_cpu_initialization=args.use_cpu_initialization or not cuda_available(),
+        data_path=args.data_path, hf_model=args.hf_model,
+        lr=args.lr, min_lr=args.min_lr, lr_decay_style=args.lr_decay_style,
+        lr_warmup_iters=args.lr_warmup_iters, lr_decay_iters=args.lr_decay_iters,
+        optimizer=args.optimizer, weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, clip_grad=args.clip_grad,
+        save=args.save, load=args.load, save_interval=args.save_interval,
+        no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng, finetune=args.finetune,
+        log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
+        eval_interval=args.eval_interval, loss=loss_cfg,
+    )
+    validate(cfg, world_size)
+    return cfg
+
+
+def model_parallel_kwargs(cfg: TrainingConfig) -> dict:
+    """The ``ModelParallelConfig`` / FP8 fields of ``TransformerConfig`` for this run."""
+    par = cfg.parallel
+    kw = dict(
+        tensor_model_parallel_size=par.tensor_model_parallel_size,
+        pipeline_model_parallel_size=par.pipeline_model_parallel_size,
+        context_parallel_size=par.context_parallel_size,
+        sequence_parallel=par.sequence_parallel,
+        params_dtype=cfg.params_dtype,
+        pipeline_dtype=cfg.params_dtype,
+        bf16=cfg.params_dtype == torch.bfloat16,
+        fp16=cfg.params_dtype == torch.float16,
+        use_cpu_initialization=cfg.use_cpu_initialization,
+    )
+    if cfg.fp8_format is not None:  # megatron-core's documented switches; TE does the work
+        kw.update(fp8=cfg.fp8_format, fp8_recipe=cfg.fp8_recipe)
+    return kw

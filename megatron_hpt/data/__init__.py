@@ -1,0 +1,1 @@
+"""Data: the built-in arithmetic task, tokenizers and row building."""

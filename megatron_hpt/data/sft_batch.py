@@ -1,0 +1,31 @@
+"""Tokenise (prompt, demonstration) pairs into fixed-length SFT rows.
+
+A row is ``<bos> prompt solution <eos> <pad>...`` of length ``seq_length + 1``; the model reads
+``tokens = row[:-1]`` and predicts ``labels = row[1:]``; ``loss_mask`` is 1 on the labels that are
+solution or <eos> tokens. Over-long rows are an error naming the row (never silently truncated).
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+
+
+def sft_rows(tokenizer, prompts: Sequence[str], solutions: Sequence[str], seq_length: int,
+             source: str = "<batch>") -> Dict[str, torch.Tensor]:
+    """Returns tokens/labels/loss_mask/position_ids, each [N, seq_length]."""
+    n = len(prompts)
+    rows = torch.full((n, seq_length + 1), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, seq_length + 1), dtype=torch.float32)
+    for i, (p, s) in enumerate(zip(prompts, solutions)):
+        p_ids = [tokenizer.bos_token_id] + tokenizer.encode(p, add_special_tokens=False)
+        s_ids = tokenizer.encode(s, add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids = p_ids + s_ids
+        if len(ids) > seq_length + 1:
+            raise ValueError(f"{source}: row {i}: prompt+solution is {len(ids)} tokens, more than "
+                             f"--seq-length + 1 = {seq_length + 1}; raise --seq-length")
+        rows[i, :len(ids)] = torch.tensor(ids)
+        mask[i, len(p_ids):len(ids)] = 1.0
+    return dict(tokens=rows[:, :-1].contiguous(), labels=rows[:, 1:].contiguous(),
+                loss_mask=mask[:, 1:].contiguous(),
+                position_ids=torch.arange(seq_length).expand(n, seq_length).contiguous())

@@ -1,0 +1,84 @@
+"""``python -m megatron_hpt.train``: the training loop, top-down.
+
+    flags -> config -> process groups -> model + optimizer (+ checkpoint)
+    for each iteration: global batch -> this rank's micro-batches -> step -> log -> save
+
+Launch: ``python -m megatron_hpt.train ...`` (one process), ``torchrun --nproc-per-node N -m
+megatron_hpt.train ...`` or ``srun python -m megatron_hpt.train ...`` (rank/world from Slurm).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Dict, List, Optional
+
+from megatron_hpt.arguments import ConfigError, build_config, build_parser
+from megatron_hpt.data.tokenizer import load_tokenizer
+from megatron_hpt.training import distributed
+from megatron_hpt.training.batches import split_for_rank
+from megatron_hpt.training.checkpoint import load_checkpoint, save_checkpoint
+from megatron_hpt.training.logging import MetricsLogger, format_iteration_line, is_logging_rank
+from megatron_hpt.training.setup import build_model, build_optimizer
+from megatron_hpt.training.step import train_step
+from megatron_hpt.training.tasks import build_task
+
+
+def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
+    """Train as the flags say; returns {"metrics": [per-iteration dicts], "model": chunks, ...}."""
+    args = build_parser().parse_args(argv)
+    world = distributed.world_from_env()
+    tokenizer = load_tokenizer(args.hf_model or "builtin:char")
+    cfg = build_config(args, world.world_size, tokenizer_vocab_size=len(tokenizer))
+
+    distributed.initialize(cfg.parallel.tensor_model_parallel_size,
+                           cfg.parallel.pipeline_model_parallel_size,
+                           cfg.parallel.context_parallel_size, seed=cfg.seed)
+    model = build_model(cfg)
+    optimizer, scheduler = build_optimizer(cfg, model)
+    start = 0
+    if cfg.load:
+        start = load_checkpoint(cfg.load, model, None if cfg.no_load_optim else optimizer,
+                                scheduler, finetune=cfg.finetune)
+    task = build_task(cfg, tokenizer)
+    logger = MetricsLogger(cfg.tensorboard_dir, cfg.log_interval)
+
+    history, skipped_total = [], 0
+    for iteration in range(start, cfg.train_iters):
+        t0 = time.perf_counter()
+        micro_batches = split_for_rank(task.global_batch(iteration), cfg.micro_batch_size)
+        task.attach_normalizers(micro_batches)
+        metrics = train_step(model, optimizer, scheduler, micro_batches, task.loss_fn,
+                             cfg.seq_length)
+        skipped_total += int(metrics["skipped"])
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        line = format_iteration_line(iteration + 1, cfg.train_iters, metrics, elapsed_ms,
+                                     (iteration + 1) * cfg.global_batch_size,
+                                     cfg.global_batch_size, skipped_total)
+        logger.log(iteration + 1, line, metrics)
+        history.append(dict(metrics, iteration=iteration + 1))
+        if cfg.save and cfg.save_interval and (iteration + 1) % cfg.save_interval == 0:
+            save_checkpoint(cfg.save, iteration + 1, model, optimizer, scheduler, cfg.shape)
+    if cfg.save and start < cfg.train_iters and not (
+            cfg.save_interval and cfg.train_iters % cfg.save_interval == 0):
+        save_checkpoint(cfg.save, cfg.train_iters, model, optimizer, scheduler, cfg.shape)
+    summary = task.finish(model) if hasattr(task, "finish") else {}
+    if summary and is_logging_rank():
+        print(" | ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)
+    logger.close()
+    return {"metrics": history, "model": model, "config": cfg, "summary": summary}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        run(argv)
+    except ConfigError as e:
+        print(f"megatron_hpt.train: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if distributed.dist.is_initialized():
+            distributed.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

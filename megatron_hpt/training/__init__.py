@@ -1,0 +1,1 @@
+"""Training: process groups, model/optimizer setup, the step, checkpoints, logging."""

@@ -1,0 +1,61 @@
+"""Build the model chunks (DDP-wrapped), the megatron optimizer and the LR schedule of a run."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from megatron_hpt.arguments import TrainingConfig, model_parallel_kwargs
+from megatron_hpt.models import build_gpt_model, transformer_config
+
+
+def finalize_grads_without_token_scaling(model, num_tokens=None, **kwargs):
+    """megatron's ``finalize_model_grads`` (DP all-reduce, tied/pipeline embedding grads) with the
+    per-token division switched off: with ``calculate_per_token_loss=True`` megatron would divide
+    every gradient by the summed ``num_tokens`` of the loss functions. Our loss head already divides
+    by global normalizers computed once per step (SPEC §6), so that divide is cancelled here."""
+    return finalize_model_grads(model, None, **kwargs)
+
+
+def build_model(cfg: TrainingConfig) -> List[DistributedDataParallel]:
+    """This rank's pipeline stage of the model, wrapped in megatron-core DDP (a list of one chunk)."""
+    tconfig = transformer_config(cfg.shape, **model_parallel_kwargs(cfg))
+    model = build_gpt_model(cfg.shape, tconfig,
+                            pre_process=parallel_state.is_pipeline_first_stage(),
+                            post_process=parallel_state.is_pipeline_last_stage())
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+    )
+    ddp = DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=model)
+    ddp.broadcast_params()  # identical replicas across DP from the first step
+    tconfig.finalize_model_grads_func = finalize_grads_without_token_scaling
+    tconfig.no_sync_func = ddp.no_sync
+    return [ddp]
+
+
+def build_optimizer(cfg: TrainingConfig, model: List[DistributedDataParallel]
+                    ) -> Tuple[object, OptimizerParamScheduler]:
+    """megatron's optimizer (Adam/SGD, grad clipping, distributed optimizer on GPU) + LR schedule."""
+    import torch
+    opt_config = OptimizerConfig(
+        optimizer=cfg.optimizer, lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps,
+        clip_grad=cfg.clip_grad, bf16=cfg.params_dtype == torch.bfloat16,
+        fp16=cfg.params_dtype == torch.float16, params_dtype=cfg.params_dtype,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+    )
+    optimizer = get_megatron_optimizer(opt_config, model)
+    decay_iters = cfg.lr_decay_iters or cfg.train_iters
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0 if cfg.lr_warmup_iters else cfg.lr, max_lr=cfg.lr, min_lr=cfg.min_lr,
+        lr_warmup_steps=cfg.lr_warmup_iters, lr_decay_steps=max(decay_iters, cfg.lr_warmup_iters + 1),
+        lr_decay_style=cfg.lr_decay_style, start_wd=cfg.weight_decay, end_wd=cfg.weight_decay,
+        wd_incr_steps=decay_iters, wd_incr_style="constant",
+    )
+    return optimizer, scheduler

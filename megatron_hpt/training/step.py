@@ -1,0 +1,79 @@
+"""One optimizer step on megatron-core's machinery.
+
+``train_step`` runs ``get_forward_backward_func()`` (no pipelining, or 1F1B when PP > 1) over the
+micro-batches of this DP rank, then the megatron optimizer (grad-norm, clipping, update) and the LR
+schedule. The loss is pluggable: a ``LossFn`` maps one micro-batch's vocab-parallel logits to
+``(loss, num_tokens, metrics)`` where ``loss`` is already divided by the step's global normalizers,
+so summing over micro-batches and DP ranks gives the global loss (megatron's own divisions are
+cancelled: ``calculate_per_token_loss=True`` in the model config and
+``finalize_grads_without_token_scaling``).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+#: (logits [b, s, V/TP], micro_batch) -> (loss scalar, local token count, {name: tensor})
+LossFn = Callable[[torch.Tensor, Dict[str, torch.Tensor]], Tuple[torch.Tensor, torch.Tensor, Dict]]
+
+
+def _forward_step(loss_fn: LossFn, data_iterator, model):
+    """megatron forward_step_func: run one micro-batch through this stage."""
+    batch = next(data_iterator)
+    logits = model(batch["tokens"], batch["position_ids"], None)
+    # Non-last stages return the hidden states for the next stage; the loss is only applied last.
+    return logits, partial(_loss_func, loss_fn, batch)
+
+
+def _loss_func(loss_fn: LossFn, batch, logits):
+    loss, num_tokens, metrics = loss_fn(logits, batch)
+    # megatron's schedule may scale the returned tensor in place: report detached clones.
+    reported = {k: v.detach().clone().reshape(1).float() for k, v in metrics.items()}
+    return loss, num_tokens, reported
+
+
+def reduce_metrics(per_microbatch: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
+    """Sum each metric over micro-batches and DP ranks (metrics are pre-divided by global
+    normalizers, so the sum is the global value). Non-last pipeline stages return {}."""
+    if not per_microbatch:
+        return {}
+    keys = sorted(per_microbatch[0])
+    local = torch.stack([sum(m[k] for m in per_microbatch).reshape(()) for k in keys])
+    dist.all_reduce(local, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    return {k: float(v) for k, v in zip(keys, local)}
+
+
+def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_fn: LossFn,
+                     seq_length: int, forward_only: bool = False) -> Dict[str, float]:
+    """Forward (and backward) over this rank's micro-batches; returns globally reduced metrics
+    (on the last pipeline stage; {} elsewhere)."""
+    outputs = get_forward_backward_func()(
+        forward_step_func=partial(_forward_step, loss_fn),
+        data_iterator=iter(micro_batches),
+        model=model,
+        num_microbatches=len(micro_batches),
+        seq_length=seq_length,
+        micro_batch_size=micro_batches[0]["tokens"].shape[0],
+        forward_only=forward_only,
+    )
+    return reduce_metrics(outputs)
+
+
+def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_length: int
+               ) -> Dict[str, float]:
+    """One optimizer step: zero grads, forward/backward all micro-batches, clip, update, LR step.
+    Returns metrics plus ``grad_norm``, ``lr`` and ``skipped`` (1 if the update was skipped)."""
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    metrics = forward_backward(model, micro_batches, loss_fn, seq_length)
+    update_successful, grad_norm, _ = optimizer.step()
+    scheduler.step(increment=1)
+    metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                   lr=optimizer.param_groups[0]["lr"], skipped=0.0 if update_successful else 1.0)
+    return metrics

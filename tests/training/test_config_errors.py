@@ -1,0 +1,69 @@
+"""Every impossible configuration fails before anything is allocated, saying what to change."""
+import pytest
+
+from megatron_hpt.arguments import ConfigError, build_config, build_parser
+from training.common import TINY_MODEL, TRAIN
+
+
+def _config(extra, world_size=1, model=TINY_MODEL):
+    return build_config(build_parser().parse_args(model + TRAIN + extra), world_size,
+                        tokenizer_vocab_size=80)
+
+
+def _expect(extra, *fragments, world_size=1, model=TINY_MODEL):
+    with pytest.raises(ConfigError) as e:
+        _config(extra, world_size, model)
+    for frag in fragments:
+        assert frag in str(e.value), f"{frag!r} not in: {e.value}"
+
+
+def test_valid_layouts_pass():
+    assert _config(["--tensor-model-parallel-size", "2"], world_size=2).parallel.data_parallel_size == 1
+    assert _config([], world_size=2).parallel.data_parallel_size == 2
+    assert _config([]).shape.vocab_size == 128  # 80 tokens padded to a multiple of 128
+
+
+def test_heads_not_divisible_by_tp():
+    _expect(["--tensor-model-parallel-size", "3"], "--num-attention-heads 4 is not divisible by "
+            "--tensor-model-parallel-size 3", world_size=3)
+
+
+def test_query_groups_not_divisible_by_tp():
+    _expect(["--tensor-model-parallel-size", "4"], "--num-query-groups 2 is not divisible",
+            world_size=4)
+
+
+def test_layers_not_divisible_by_pp():
+    _expect(["--pipeline-model-parallel-size", "3"], "--num-layers 2 is not divisible by "
+            "--pipeline-model-parallel-size 3", world_size=3)
+
+
+def test_context_parallel_needs_transformer_engine():
+    _expect(["--context-parallel-size", "2"], "--context-parallel-size > 1", "Transformer Engine",
+            "pip install -e .[gpu]", world_size=2)
+
+
+def test_sequence_parallel_needs_transformer_engine():
+    _expect(["--tensor-model-parallel-size", "2", "--sequence-parallel"], "--sequence-parallel",
+            "Transformer Engine", world_size=2)
+
+
+def test_fp8_needs_transformer_engine():
+    _expect(["--fp8-format", "hybrid"], "--fp8-format", "Transformer Engine")
+
+
+def test_distributed_optimizer_needs_cuda():
+    _expect(["--use-distributed-optimizer"], "--use-distributed-optimizer needs CUDA")
+
+
+def test_world_size_not_multiple_of_layout():
+    _expect(["--tensor-model-parallel-size", "2"], "world size 3 is not divisible", world_size=3)
+
+
+def test_global_batch_not_divisible():
+    _expect(["--global-batch-size", "6", "--micro-batch-size", "4"],
+            "--global-batch-size 6 is not divisible")
+
+
+def test_incomplete_shape_names_missing_flags():
+    _expect([], "--num-layers", "--hf-model", model=["--hidden-size", "64"])
