@@ -37,19 +37,44 @@ def _loss_func(loss_fn: LossFn, batch, logits):
     return loss, num_tokens, reported
 
 
-def reduce_metrics(per_microbatch: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
-    """Sum each metric over micro-batches and DP ranks (metrics are pre-divided by global
-    normalizers, so the sum is the global value). Non-last pipeline stages return {}."""
+def reduce_metrics(per_microbatch: List[Dict[str, torch.Tensor]],
+                   additive=("lm loss",)) -> Dict[str, float]:
+    """Global value of each metric over micro-batches and DP ranks: ``additive`` metrics are
+    pre-divided by global normalizers and summed; ``*_min``/``*_max`` take the min/max; the rest
+    (fractions, means) are averaged over micro-batches. Non-last pipeline stages return {}."""
     if not per_microbatch:
         return {}
-    keys = sorted(per_microbatch[0])
-    local = torch.stack([sum(m[k] for m in per_microbatch).reshape(()) for k in keys])
-    dist.all_reduce(local, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-    return {k: float(v) for k, v in zip(keys, local)}
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    keys = sorted(set().union(*per_microbatch))
+    out = {}
+    for op, selected in ((dist.ReduceOp.MIN, [k for k in keys if k.endswith("_min")]),
+                         (dist.ReduceOp.MAX, [k for k in keys if k.endswith("_max")]),
+                         (dist.ReduceOp.SUM, [k for k in keys if not k.endswith(("_min", "_max"))])):
+        if not selected:
+            continue
+        vals = []
+        for k in selected:
+            present = [m[k].reshape(()) for m in per_microbatch if k in m]
+            if op == dist.ReduceOp.MIN:
+                vals.append(torch.stack(present).min())
+            elif op == dist.ReduceOp.MAX:
+                vals.append(torch.stack(present).max())
+            else:  # sum, plus the count for averaging the non-additive ones
+                vals += [torch.stack(present).sum(), torch.tensor(float(len(present)))]
+        local = torch.stack([v.double() for v in vals])
+        dist.all_reduce(local, op=op, group=group)
+        if op != dist.ReduceOp.SUM:
+            out.update({k: float(v) for k, v in zip(selected, local)})
+        else:
+            for i, k in enumerate(selected):
+                total, count = float(local[2 * i]), float(local[2 * i + 1])
+                out[k] = total if k in additive else total / max(count, 1.0)
+    return out
 
 
 def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_fn: LossFn,
-                     seq_length: int, forward_only: bool = False) -> Dict[str, float]:
+                     seq_length: int, forward_only: bool = False,
+                     additive=("lm loss",)) -> Dict[str, float]:
     """Forward (and backward) over this rank's micro-batches; returns globally reduced metrics
     (on the last pipeline stage; {} elsewhere)."""
     outputs = get_forward_backward_func()(
@@ -61,7 +86,7 @@ def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_f
         micro_batch_size=micro_batches[0]["tokens"].shape[0],
         forward_only=forward_only,
     )
-    return reduce_metrics(outputs)
+    return reduce_metrics(outputs, additive)
 
 
 def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_length: int
@@ -71,7 +96,8 @@ def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    metrics = forward_backward(model, micro_batches, loss_fn, seq_length)
+    metrics = forward_backward(model, micro_batches, loss_fn, seq_length,
+                               additive=getattr(loss_fn, "additive_metrics", ("lm loss",)))
     update_successful, grad_norm, _ = optimizer.step()
     scheduler.step(increment=1)
     metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),

@@ -1,7 +1,7 @@
 """What a run trains on: the data source, its loss and its normalizers, behind one small interface.
 
 ``SftTask`` trains next-token prediction on demonstrations (the built-in arithmetic task, or a
-verl/LUFFY parquet/JSONL via ``data/``) with the loss head's ``sft`` preset.
+verl/LUFFY parquet/JSONL via ``data/``) with the loss head (``--loss-preset sft``: π_ref = sg(π_θ), Â ≡ 1, token-mean NLL).
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import torch
 from megatron_hpt.arguments import ConfigError, TrainingConfig
 from megatron_hpt.data import arithmetic
 from megatron_hpt.data.sft_batch import sft_rows
-from megatron_hpt.training.batches import global_token_count
-from megatron_hpt.training.sft_loss import token_mean_nll
+from megatron_hpt.training.loss_head import LossHead
 
 
 class SftTask:
@@ -23,20 +22,20 @@ class SftTask:
         if cfg.data_path != "builtin:arithmetic":
             raise ConfigError(f"--data-path {cfg.data_path!r}: SFT currently reads builtin:arithmetic")
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.loss_fn = token_mean_nll
+        self.loss_fn = LossHead(cfg.loss)
 
     def global_batch(self, iteration: int) -> Dict[str, torch.Tensor]:
         """The same rows on every rank and layout: a pure function of (seed, iteration)."""
         n = self.cfg.global_batch_size
         ps = arithmetic.problems(self.cfg.seed, iteration * n, n)
-        return sft_rows(self.tokenizer, [p.prompt for p in ps], [p.solution for p in ps],
+        rows = sft_rows(self.tokenizer, [p.prompt for p in ps], [p.solution for p in ps],
                         self.cfg.seq_length, source="builtin:arithmetic")
+        rows["is_demo"] = torch.ones(n, dtype=torch.bool)  # every row is a demonstration
+        return rows
 
     def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:
-        """SPEC §6: the global token count, computed once per step, shared by all micro-batches."""
-        n = torch.tensor(max(global_token_count(micro_batches), 1.0))
-        for mb in micro_batches:
-            mb["normalizer"] = n
+        """SPEC §6: global denominators, computed once per step, shared by all micro-batches."""
+        self.loss_fn.attach_normalizers(micro_batches)
 
 
 def build_task(cfg: TrainingConfig, tokenizer):
