@@ -16,8 +16,9 @@ What moves (SPEC §1: z = logits / T, log p_y = z_y − logsumexp(z), H = logsum
 Memory: one ``[chunk_size, vocab/TP]`` workspace (fp32; fp64 for fp64 logits) plus one
 cache-sized block of ``_BLOCK_ELEMENTS``, besides the ``[..., vocab/TP]`` gradient that autograd
 needs anyway. When all N tokens fit in one chunk the workspace (exp(z − max), or z − max when
-the entropy is requested) is kept for the backward, which then needs no second exp and writes
-the gradient into it; otherwise each chunk is recomputed from the logits in the backward.
+the entropy is requested) is saved for the backward instead of the logits (which autograd may
+then free), and the backward writes the gradient into it (without entropy it needs no second
+exp). Otherwise the logits are saved and each chunk is recomputed in the backward.
 The logits are never modified in place. The entropy term enters the backward only when the
 entropy output receives a gradient (a preset with an entropy bonus).
 """
@@ -124,9 +125,11 @@ class _VocabParallelLogProbEntropy(torch.autograd.Function):
         entropy = log_sum - stats[1] / stats[0] if with_entropy else logprob.new_empty(0)
         # log p = (z − m_local) − offset
         offset = global_max - local_max + log_sum  # [N]
-        saved = work if keep else logits.new_empty(0)
-        ctx.save_for_backward(logits, saved, local_target, in_shard, local_max, offset, entropy)
+        # one chunk: keep the workspace, not the logits (they may be freed after the forward)
+        saved = (logits.new_empty(0), work) if keep else (logits, logits.new_empty(0))
+        ctx.save_for_backward(*saved, local_target, in_shard, local_max, offset, entropy)
         ctx.inv_t, ctx.rows, ctx.keep, ctx.with_entropy = inv_t, rows, keep, with_entropy
+        ctx.shape, ctx.dtype = logits.shape, logits.dtype
         ctx.set_materialize_grads(False)
         if not with_entropy:
             ctx.mark_non_differentiable(entropy)
@@ -135,7 +138,7 @@ class _VocabParallelLogProbEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logprob, grad_entropy):
         logits, saved, local_target, in_shard, local_max, offset, entropy = ctx.saved_tensors
-        n, vocab_local = logits.shape
+        n, vocab_local = ctx.shape
         inv_t, rows = ctx.inv_t, ctx.rows
         if ctx.keep and getattr(ctx, "consumed", False):
             raise RuntimeError("vocab_parallel_logprob_entropy reuses its workspace in the "
@@ -145,7 +148,7 @@ class _VocabParallelLogProbEntropy(torch.autograd.Function):
         acc = offset.dtype
         use_entropy = grad_entropy is not None and ctx.with_entropy
         g_lp = (grad_logprob.to(acc) if grad_logprob is not None
-                else torch.zeros(n, dtype=acc, device=logits.device))  # [N]
+                else torch.zeros(n, dtype=acc, device=offset.device))  # [N]
         # dL/dlogits = [g_lp·1_y − p·(g_lp + g_H·H + g_H·log p)] / T
         coef_a = -g_lp * inv_t  # [N]
         coef_b = None
@@ -154,7 +157,7 @@ class _VocabParallelLogProbEntropy(torch.autograd.Function):
             coef_a = coef_a - g_h * entropy * inv_t
             coef_b = -g_h * inv_t
         tmp = torch.empty(min(rows, _block_rows(vocab_local)), vocab_local,
-                          dtype=acc, device=logits.device) if use_entropy else None
+                          dtype=acc, device=offset.device) if use_entropy else None
 
         if ctx.keep and not ctx.with_entropy:  # saved holds e^{z − m_local}
             grad = saved.mul_((coef_a * torch.exp(-offset))[:, None])
@@ -163,7 +166,7 @@ class _VocabParallelLogProbEntropy(torch.autograd.Function):
             _grad_from_logp(saved, coef_a, coef_b, tmp, saved)
             grad = saved
         else:
-            grad = torch.empty_like(logits, dtype=acc if logits.dtype == acc else logits.dtype)
+            grad = torch.empty_like(logits)  # [N, V/TP]
             work = torch.empty(rows, vocab_local, dtype=acc, device=logits.device)
             shift = local_max + offset  # log p = z − shift
             for lo in range(0, n, rows):
@@ -174,7 +177,7 @@ class _VocabParallelLogProbEntropy(torch.autograd.Function):
                                 tmp, grad[lo:hi])
         rows_in = in_shard.nonzero().squeeze(1)  # [n_in]
         grad[rows_in, local_target[rows_in]] += (g_lp[rows_in] * inv_t).to(grad.dtype)
-        return grad.to(logits.dtype), None, None, None, None, None
+        return grad.to(ctx.dtype), None, None, None, None, None
 
 
 def vocab_parallel_logprob_entropy(

@@ -80,9 +80,12 @@ def compute_normalizers(micro_batches, cfg, group=None) -> Normalizers:
     micro_batches: this rank's micro-batches, each a dict with ``response_mask`` [B, T] and
     optionally ``is_demo``, ``on_policy_weight``, ``demo_rl_weight``, ``sft_weight`` [B]
     (the same values later passed to ``policy_loss``) and ``old_entropy`` [B, T] (EGSPO
-    quantile/soft gate). group: the data-parallel (× context-parallel) process group; one
-    all-reduce (SUM) of the counts over it, plus two all_gathers for the EGSPO quantile.
-    With context parallelism each CP rank must pass only its own tokens.
+    quantile/soft gate). group: the data-parallel process group; one all-reduce (SUM) of the
+    counts over it, plus two all_gathers for the EGSPO quantile.
+    Context parallelism: the CP ranks of one DP rank hold slices of the same rows, so pass the
+    whole (unsplit) response masks and the DP group (not DP × CP); each CP rank then calls
+    policy_loss on its token slice with these normalizers (and response_lengths for
+    seq-mean-token-mean), and the sum over CP ranks is the loss of the rows.
     """
     counts = torch.zeros(7, dtype=torch.float64)
     entropies = []
@@ -117,7 +120,7 @@ def compute_normalizers(micro_batches, cfg, group=None) -> Normalizers:
                        egspo_threshold=threshold)
 
 
-def aggregate(values, mask, mode, tokens, sequences, norm: Normalizers):
+def aggregate(values, mask, mode, tokens, sequences, norm: Normalizers, lengths=None):
     """Σ over this micro-batch divided by global denominators (SPEC §6), a scalar.
 
     token-mean: Σ M·v / tokens;  seq-mean-token-sum: Σ M·v / sequences;
@@ -125,7 +128,8 @@ def aggregate(values, mask, mode, tokens, sequences, norm: Normalizers):
     seq-mean-token-sum-norm: Σ M·v / (L_max · sequences)  (Dr.GRPO);
     token-sum-norm: Σ M·v / (L_max · micro-batches)  (released LUFFY/HPT: each micro-batch's
     token sum / L_max, averaged over the micro-batches of the step).
-    values, mask: [B, T]. A zero denominator gives 0 (the sum is then 0 too).
+    values, mask: [B, T]; lengths: [B] whole-row |o_i| (default mask.sum(-1)).
+    A zero denominator gives 0 (the sum is then 0 too).
     """
     masked = values * mask  # [B, T]
     if mode == "token-mean":
@@ -133,7 +137,8 @@ def aggregate(values, mask, mode, tokens, sequences, norm: Normalizers):
     if mode == "seq-mean-token-sum":
         return masked.sum() / max(sequences, 1.0)
     if mode == "seq-mean-token-mean":
-        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(sequences, 1.0)
+        row_len = mask.sum(-1) if lengths is None else lengths.to(mask.dtype)
+        return (masked.sum(-1) / row_len.clamp(min=1)).sum() / max(sequences, 1.0)
     if mode == "seq-mean-token-sum-norm":
         return masked.sum() / (norm.max_response_length * max(sequences, 1.0))
     if mode == "token-sum-norm":

@@ -19,7 +19,7 @@ from .parts import (LOG_FORM_REFERENCES, advantage, likelihood_gradient, referen
 from .schedule import mu_at_step
 
 _EXTRAS = ("is_demo", "entropy", "old_entropy", "ref_logprobs", "normalizers", "mu", "step",
-           "on_policy_weight", "demo_rl_weight", "sft_weight")
+           "on_policy_weight", "demo_rl_weight", "sft_weight", "response_lengths")
 
 
 def _objective(logprobs, old_logprobs, adv_in, mask, cfg, source, seq_entropy):
@@ -48,7 +48,9 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
     old_entropy [B, T] (detached: EGSPO gate, SRFT weights; defaults to sg(entropy));
     ref_logprobs [B, T] (KL loss); normalizers (compute_normalizers over the whole step;
     default: this batch alone); mu (CHORD/EGSPO μ) or step (μ = mu_at_step(step));
-    on_policy_weight, demo_rl_weight, sft_weight [B] (per-row branch coefficients, e.g. HPT).
+    on_policy_weight, demo_rl_weight, sft_weight [B] (per-row branch coefficients, e.g. HPT);
+    response_lengths [B] (valid tokens of each whole row, for seq-mean-token-mean when context
+    parallelism gives this rank only a slice of each row; default: counted from response_mask).
     Returns (loss, metrics): metrics is a dict of detached scalar tensors.
     """
     unknown = sorted(set(extras) - set(_EXTRAS))
@@ -102,13 +104,15 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
         else:
             obj, keep = obj_on, keep_on
         values = -obj * weight * masks["rl_weight"][:, None]
-        rl = aggregate(values, masks["rl"], cfg.loss_agg_mode, norm.rl_tokens, norm.rl_sequences, norm)
+        rl = aggregate(values, masks["rl"], cfg.loss_agg_mode, norm.rl_tokens, norm.rl_sequences, norm,
+                       extras.get("response_lengths"))
         rl_tok = masks["rl"]
         metrics["clip_fraction"] = ((1.0 - keep) * rl_tok).sum() / rl_tok.sum().clamp(min=1)
         on_tok = (m_all * (~demo_rows).to(dtype)) > 0
         if old_logprobs is not None and bool(on_tok.any()):
             r = torch.exp(logprobs.detach() - old_logprobs.detach())[on_tok]
-            metrics.update(ratio_mean=r.mean(), ratio_min=r.min(), ratio_max=r.max())
+            metrics.update(ratio_mean=r.mean(), ratio_min=r.min(), ratio_max=r.max(),
+                           ppo_kl=(old_logprobs.detach() - logprobs.detach())[on_tok].mean())
     # ---- SFT term over demonstration rows ----
     sft = zero
     if masks["sft"].sum() > 0:
@@ -132,7 +136,8 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
         loss = (1.0 - mu) * rl + mu * cfg.sft_coef * sft
     ent = zero
     if entropy is not None:
-        ent = aggregate(entropy, m_all, cfg.loss_agg_mode, norm.all_tokens, norm.all_sequences, norm)
+        ent = aggregate(entropy, m_all, cfg.loss_agg_mode, norm.all_tokens, norm.all_sequences, norm,
+                        extras.get("response_lengths"))
         if cfg.entropy_coef > 0:
             loss = loss - cfg.entropy_coef * ent
         metrics["entropy_mean"] = (entropy.detach() * m_all).sum() / m_all.sum().clamp(min=1)
@@ -143,7 +148,8 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
         if extras.get("ref_logprobs") is None:
             raise ValueError("kl_coef > 0 with kl_mode='loss' needs the ref_logprobs extra")
         k = kl_penalty(logprobs, extras["ref_logprobs"], cfg.kl_estimator)
-        kl = aggregate(k, m_all, cfg.loss_agg_mode, norm.all_tokens, norm.all_sequences, norm)
+        kl = aggregate(k, m_all, cfg.loss_agg_mode, norm.all_tokens, norm.all_sequences, norm,
+                       extras.get("response_lengths"))
         loss = loss + cfg.kl_coef * kl
         metrics["kl_mean"] = (k.detach() * m_all).sum() / m_all.sum().clamp(min=1)
     metrics.update(pg_loss=rl, sft_loss=sft, entropy_loss=ent, kl_loss=kl, loss=loss,
