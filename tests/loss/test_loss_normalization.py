@@ -127,11 +127,11 @@ def test_context_parallel_token_slices_sum_to_the_rows_loss(name):
     A = L.compute_advantages(b["R"], b["groups"], cfg, is_demo=b["demo"])
     norm = L.compute_normalizers([dict(response_mask=b["mask"], is_demo=b["demo"])], cfg)
     kw = dict(is_demo=b["demo"], normalizers=norm, step=2)
-    full, _ = L.policy_loss(b["lp"], b["old"], A, b["mask"], cfg, **kw)
+    full, _ = L.policy_loss(b["lp"], b["old"], A, b["mask"], cfg, entropy=b["H"], **kw)
     lengths = b["mask"].sum(-1)
     total = 0.0
     for cols in (slice(0, 3), slice(3, 7)):  # two CP ranks, each a slice of every row
         loss, _ = L.policy_loss(b["lp"][:, cols], b["old"][:, cols], A, b["mask"][:, cols], cfg,
-                                response_lengths=lengths, **kw)
+                                entropy=b["H"][:, cols], response_lengths=lengths, **kw)
         total = total + loss
     assert torch.allclose(total, full, rtol=1e-12)
