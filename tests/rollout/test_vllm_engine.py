@@ -124,3 +124,40 @@ def test_sleep_and_wake_up_keep_serving(vllm_engine, models):
     engine.sleep()
     engine.wake_up()
     assert engine.generate(PROMPTS[:1], 1, greedy)[0].response_token_ids == first[0].response_token_ids
+
+
+def megatron_logprobs(model, prompt, response, temperature):
+    """Reference: log_softmax(logits / T) of the megatron model (TP = 1) at the response tokens."""
+    ids = torch.tensor([prompt + response])
+    model.eval()
+    with torch.no_grad():
+        logits = model(ids, torch.arange(ids.size(1))[None], None)[0, len(prompt) - 1:-1]
+    t = temperature if temperature > 0 else 1.0
+    return torch.log_softmax(logits / t, -1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+
+
+def test_megatron_export_stream_into_vllm_matches_embedded_engine(vllm_engine, models):
+    """The project's exporter (megatron_hpt/rollout/weights.py) feeds vLLM directly: after the
+    update vLLM decodes like the embedded engine on the exported megatron model, and its
+    log-probs equal megatron's."""
+    weights = pytest.importorskip("megatron_hpt.rollout.weights")
+    model = tm.megatron_model(seed=6)
+    limit, buckets = 0.1 * 2 ** 20, []
+
+    def stream():
+        for bucket in weights.export_hf_weights(model, tm.SHAPE, bucket_mb=0.1):
+            buckets.append([t.numel() * t.element_size() for _, t in bucket])
+            yield bucket
+
+    vllm_engine.update_weights(stream())
+    vllm_engine.loaded = "exported"
+    assert len(buckets) > 3 and all(sum(b) <= limit or len(b) == 1 for b in buckets)
+    for sampling in (SamplingParams(temperature=0, max_new_tokens=10),
+                     SamplingParams(temperature=0.9, max_new_tokens=10, seed=3)):
+        samples = vllm_engine.generate(PROMPTS, 2, sampling)
+        if sampling.greedy:
+            embedded = EmbeddedEngine(model).generate(PROMPTS, 2, sampling)
+            assert [s.response_token_ids for s in samples] == [s.response_token_ids for s in embedded]
+        for s in samples:
+            ref = megatron_logprobs(model, s.prompt_token_ids, s.response_token_ids, sampling.temperature)
+            assert torch.allclose(torch.tensor(s.logprobs), ref, atol=TOL, rtol=0)
