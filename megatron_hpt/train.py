@@ -55,13 +55,19 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
                                      (iteration + 1) * cfg.global_batch_size,
                                      cfg.global_batch_size, skipped_total)
         logger.log(iteration + 1, line, metrics)
+        if cfg.eval_interval and (iteration + 1) % cfg.eval_interval == 0:
+            metrics.update(task.evaluate(model))
+            if is_logging_rank():
+                print(f" evaluation at iteration {iteration + 1}: "
+                      f"greedy accuracy {metrics.get('eval greedy accuracy', float('nan')):.3f}",
+                      flush=True)
         history.append(dict(metrics, iteration=iteration + 1))
         if cfg.save and cfg.save_interval and (iteration + 1) % cfg.save_interval == 0:
             save_checkpoint(cfg.save, iteration + 1, model, optimizer, scheduler, cfg.shape)
     if cfg.save and start < cfg.train_iters and not (
             cfg.save_interval and cfg.train_iters % cfg.save_interval == 0):
         save_checkpoint(cfg.save, cfg.train_iters, model, optimizer, scheduler, cfg.shape)
-    summary = task.finish(model) if hasattr(task, "finish") else {}
+    summary = task.finish(model)
     if summary and is_logging_rank():
         print(" | ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)
     logger.close()
