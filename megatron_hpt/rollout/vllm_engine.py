@@ -61,6 +61,28 @@ def _report_untruncated_logprobs(worker) -> bool:
     return True
 
 
+class _RngStates:
+    """Python, NumPy and torch (CPU and CUDA) generator states, restored after vLLM's start-up
+    (``LLM(seed=...)`` reseeds them all in the calling process)."""
+
+    def __init__(self):
+        import random
+
+        import numpy as np
+        self.python, self.numpy, self.cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def restore(self):
+        import random
+
+        import numpy as np
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
 # ---------------------------------------------------------------- engine
 class VllmEngine:
     """vLLM colocated with training; see the module docstring for layout and data movement."""
@@ -88,6 +110,7 @@ class VllmEngine:
         if distributed and dist.get_world_size() % tensor_parallel_size:
             raise ValueError(f"world size {dist.get_world_size()} is not a multiple of the rollout "
                              f"tensor_parallel_size {tensor_parallel_size}")
+        rng = _RngStates()  # vLLM seeds the global generators; training's RNG must not move
         self.llm = LLM(
             model=hf_dir, tensor_parallel_size=tensor_parallel_size, seed=seed,
             max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
@@ -96,6 +119,7 @@ class VllmEngine:
             logprobs_mode="processed_logprobs", enable_sleep_mode=self.on_gpu,
             distributed_executor_backend="external_launcher" if distributed else None,
             **engine_kwargs)
+        rng.restore()
         self.llm.collective_rpc(_report_untruncated_logprobs)
         self._asleep = False
         self._weights_awake = False

@@ -42,8 +42,11 @@ def models():
 @pytest.fixture(scope="module")
 def vllm_engine(models, tmp_path_factory):
     hf_dir = tm.save_hf_dir(str(tmp_path_factory.mktemp("tiny_llama")), models["A"]["state"])
+    rng = torch.get_rng_state()
     engine = build_engine("vllm", hf_dir=hf_dir, max_model_len=256, dtype="float32",
                           enforce_eager=True, seed=0)
+    # colocated with training: starting vLLM leaves the process RNG and default dtype alone
+    assert torch.equal(rng, torch.get_rng_state()) and torch.get_default_dtype() == torch.float32
     engine.loaded = "A"
     yield engine
     engine.shutdown()
