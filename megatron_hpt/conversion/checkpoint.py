@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -25,6 +26,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 from torch.distributed.checkpoint.planner import LoadPlan, SavePlan, TensorWriteData, WriteItem, WriteItemType
 
@@ -93,6 +95,14 @@ def resolve_checkpoint_dir(load_dir: str) -> str:
     return path
 
 
+def _raise_original(e: "CheckpointException"):
+    for failure in getattr(e, "failures", {}).values():
+        exc = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(exc, BaseException):
+            raise exc from e
+    raise e
+
+
 class _StreamingPlanner(DefaultSavePlanner):
     """A DCP save planner whose tensors are made on demand, one write item at a time.
 
@@ -150,7 +160,12 @@ def save_streaming(ckpt_dir: str, entries: List[CheckpointEntry], num_layers: in
     os.makedirs(ckpt_dir, exist_ok=True)
     planner = _StreamingPlanner(entries, num_layers, dtype_of, produce)
     writer = dcp.FileSystemWriter(ckpt_dir, thread_count=1, single_file_per_rank=True)
-    dcp.save({}, storage_writer=writer, planner=planner, no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            dcp.save({}, storage_writer=writer, planner=planner, no_dist=True)
+        except CheckpointException as e:  # DCP wraps errors: re-raise the original (bad file, ...)
+            _raise_original(e)
     save_config(CheckpointingConfig("torch_dist", 1, "torch", 1), ckpt_dir)
     torch.save({}, os.path.join(ckpt_dir, "common.pt"))
 
@@ -191,8 +206,13 @@ def read_entries(ckpt_dir: str, entries: List[CheckpointEntry],
         buf = torch.empty(((1,) if stacked else ()) + e.shape, dtype=meta[e.key][1])
         requests[(e.key, ((e.layer,) if stacked else ()) + (0,) * len(e.shape))] = buf
         out.append(buf[0] if stacked else buf)
-    dcp.load({}, storage_reader=dcp.FileSystemReader(ckpt_dir), planner=_SliceLoadPlanner(requests),
-             no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            dcp.load({}, storage_reader=dcp.FileSystemReader(ckpt_dir), planner=_SliceLoadPlanner(requests),
+                     no_dist=True)
+        except CheckpointException as e:
+            _raise_original(e)
     return out
 
 
@@ -213,7 +233,9 @@ def load_megatron_weights(load_dir: str, model) -> str:
             raise ValueError(f"load_megatron_weights takes one model chunk, got {len(model)}")
         model = model[0]
     ckpt_dir = resolve_checkpoint_dir(load_dir)
-    state, not_in_ckpt, not_loaded = dist_checkpointing.load(
+    # megatron returns (state, "missing": in the checkpoint but loaded by no rank,
+    #                   "unexpected": requested by this rank but absent from the checkpoint)
+    state, not_loaded, not_in_ckpt = dist_checkpointing.load(
         {"model": model.sharded_state_dict()}, ckpt_dir, strict=StrictHandling.RETURN_ALL)
     problems = []
     if not_in_ckpt:
