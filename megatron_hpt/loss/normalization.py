@@ -4,9 +4,13 @@
 all-reduces them (SUM) once over the data-parallel (× context-parallel) group. ``policy_loss``
 divides each micro-batch's sums by these global numbers, so the sum of the micro-batch losses
 over all micro-batches and DP ranks is exactly the loss of the whole batch. The trainer must
-therefore stop megatron-core from averaging again: ``calculate_per_token_loss=True`` makes
-``pipeline_parallel/schedules.py`` ``forward_step_calc_loss`` skip its division by
-``num_microbatches``, and the DP gradient all-reduce must sum, not average.
+therefore stop megatron-core (0.16) from averaging again. With ``calculate_per_token_loss=True``:
+``pipeline_parallel/schedules.py`` ``forward_step_calc_loss`` no longer divides the loss that a
+3-tuple ``loss_func`` returns (no ``/ num_tokens``, no ``/ num_microbatches``, no CP factor);
+``DistributedDataParallel`` all-reduces gradients with ``gradient_scaling_factor = 1`` (a sum
+over DP × CP); and ``distributed/finalize_model_grads.py`` divides the gradients by the
+all-reduced sum of the returned ``num_tokens`` only when that sum is > 0 — so ``loss_func``
+returns ``(loss, torch.zeros((), dtype=torch.int), reduced)`` and nothing divides twice.
 """
 from __future__ import annotations
 
