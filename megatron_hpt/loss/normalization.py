@@ -9,8 +9,9 @@ therefore stop megatron-core (0.16) from averaging again. With ``calculate_per_t
 3-tuple ``loss_func`` returns (no ``/ num_tokens``, no ``/ num_microbatches``, no CP factor);
 ``DistributedDataParallel`` all-reduces gradients with ``gradient_scaling_factor = 1`` (a sum
 over DP × CP); and ``distributed/finalize_model_grads.py`` divides the gradients by the
-all-reduced sum of the returned ``num_tokens`` only when that sum is > 0 — so ``loss_func``
-returns ``(loss, torch.zeros((), dtype=torch.int), reduced)`` and nothing divides twice.
+all-reduced sum of the returned ``num_tokens`` only when that sum is > 0 — so either
+``loss_func`` returns ``num_tokens = 0`` or ``finalize_model_grads_func`` is wrapped to pass
+``num_tokens=None`` (what ``training/setup.py`` does), and nothing divides twice.
 """
 from __future__ import annotations
 

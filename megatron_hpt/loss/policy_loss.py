@@ -36,7 +36,7 @@ def _objective(logprobs, old_logprobs, adv_in, mask, cfg, source, seq_entropy):
     keep, bound = stabilization_mask(ratio, adv, getattr(cfg, f"{source}_mask"),
                                      cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c)
     dropped = (adv * shaping(bound, f_kind, cfg.shaping_gamma)).detach()
-    return keep * adv * term + (1.0 - keep) * dropped, keep, ratio
+    return keep * adv * term + (1.0 - keep) * dropped, keep
 
 
 def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras):
@@ -63,6 +63,14 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
     masks = term_masks(response_mask.to(dtype), cfg, is_demo, extras.get("on_policy_weight"),
                        extras.get("demo_rl_weight"), extras.get("sft_weight"))
     m_all = masks["all"]
+    valid = m_all > 0  # padding may hold anything (inf, nan): it never reaches the loss
+
+    def clean(x):
+        return None if x is None else torch.where(valid, x, torch.zeros_like(x))
+
+    logprobs, old_logprobs = clean(logprobs), clean(old_logprobs)
+    extras = dict(extras, **{k: clean(extras[k]) for k in ("entropy", "old_entropy", "ref_logprobs")
+                             if extras.get(k) is not None})
     norm = extras.get("normalizers")
     if norm is None:
         batch = {"response_mask": response_mask, "is_demo": is_demo}
@@ -86,7 +94,7 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
     rl = zero
     if masks["rl"].sum() > 0:
         demo_rows = is_demo[:, None]
-        obj_on, keep_on, ratio_on = _objective(logprobs, old_logprobs, advantages, m_all, cfg,
+        obj_on, keep_on = _objective(logprobs, old_logprobs, advantages, m_all, cfg,
                                                "on_policy", seq_entropy)
         weight = torch.ones_like(obj_on)
         if cfg.egspo_gate_mode != "off" or cfg.egspo_gate_one:
@@ -97,7 +105,7 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
             metrics["egspo_gate_fraction"] = (g * on_tok).sum() / on_tok.sum().clamp(min=1)
             weight = torch.where(demo_rows, torch.ones_like(weight), weight)
         if bool(is_demo.any()) and cfg.demo_rl_coef > 0:
-            obj_demo, keep_demo, _ = _objective(logprobs, old_logprobs, advantages, m_all, cfg,
+            obj_demo, keep_demo = _objective(logprobs, old_logprobs, advantages, m_all, cfg,
                                                 "demo", seq_entropy)
             obj = torch.where(demo_rows, obj_demo, obj_on)
             keep = torch.where(demo_rows, keep_demo, keep_on)

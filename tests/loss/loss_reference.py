@@ -180,7 +180,7 @@ def reference(name, lp, old, R, groups, mask, demo, H, step=0, L_max=None, **kw)
         for i in on:
             for t in valid(mask, i):
                 g = 1.0 if float(H[i, t].detach()) >= tau else 0.0
-                a = float(p[i, t] * (1 - p[i, t]))
+                a = float((p[i, t] * (1 - p[i, t])).detach())
                 eg.append(-(g + (1 - g) * a) * ppo(r[i, t], A[i], .2, .2))
         sft = token_mean([-(p[i, t] * (1 - p[i, t])).detach() * lp[i, t] for i in dm for t in valid(mask, i)])
         return 0.9 * token_mean(eg) + 0.1 * sft

@@ -162,3 +162,19 @@ def test_hpt_switch_mode_row_weights_drop_rollouts():
         (b["H"] * b["mask"]).sum() / (cfg.max_response_length * len(GROUPS))
         - (b["H"][keep] * b["mask"][keep]).sum() / (cfg.max_response_length * int(keep.sum())))
     assert torch.allclose(loss, loss2 - ent_gap, **TOL)
+
+
+@pytest.mark.parametrize("name", ["grpo", "luffy", "hpt", "srft", "egspo"])
+def test_padding_garbage_never_reaches_the_loss(name):
+    b = make_batch(seed=8)
+    loss, _ = library_loss(name, b)
+    g, = torch.autograd.grad(loss, b["lp"])
+    pad = b["mask"] == 0
+    dirty = dict(b)
+    dirty["old"] = torch.where(pad, torch.full_like(b["old"], float("-inf")), b["old"])
+    dirty["lp"] = torch.where(pad, torch.full_like(b["lp"], float("nan")), b["lp"].detach()).requires_grad_()
+    dirty["H"] = torch.where(pad, torch.full_like(b["H"], float("inf")), b["H"].detach())
+    loss2, metrics = library_loss(name, dirty)
+    g2, = torch.autograd.grad(loss2, dirty["lp"])
+    assert torch.allclose(loss, loss2, rtol=1e-12) and torch.allclose(g, g2, rtol=1e-12)
+    assert all(torch.isfinite(v) for v in metrics.values())
