@@ -54,7 +54,7 @@ def token_mean(terms):
 
 def mean_entropy(H, mask, i):
     ts = valid(mask, i)
-    return sum(float(H[i, t]) for t in ts) / len(ts)
+    return sum(float(H[i, t].detach()) for t in ts) / len(ts)
 
 
 def seq_mean_token_mean(per_row):
