@@ -13,12 +13,15 @@ What moves (SPEC §1: z = logits / T, log p_y = z_y − logsumexp(z), H = logsum
 - backward: none. d log p_y / dz_j = 1[j = y] − p_j and
   dH / dz_j = p_j (E_p[z] − z_j) = −p_j (log p_j + H) are local; both are divided by T.
 
-Memory: one ``[chunk_size, vocab/TP]`` workspace (fp32; fp64 for fp64 logits) plus one
-cache-sized block of ``_BLOCK_ELEMENTS``, besides the ``[..., vocab/TP]`` gradient that autograd
-needs anyway. When all N tokens fit in one chunk the workspace (exp(z − max), or z − max when
-the entropy is requested) is saved for the backward instead of the logits (which autograd may
-then free), and the backward writes the gradient into it (without entropy it needs no second
-exp). Otherwise the logits are saved and each chunk is recomputed in the backward.
+Memory and passes: tokens are processed in row blocks (on CPU about ``_BLOCK_ELEMENTS``
+elements, so a block's intermediates stay in cache; on an accelerator half a chunk).
+When all N tokens fit in one chunk (N ≤ ``chunk_size``) one ``[N, vocab/TP]`` workspace (fp32;
+fp64 for fp64 logits) holding exp(z − max), or z − max when the entropy is requested, is saved
+for the backward instead of the logits (which autograd may then free), and the backward turns it
+into the gradient in place (without entropy that is a single multiply). Otherwise only the
+logits are saved, and each block is recomputed in the backward and written straight into the
+gradient: the extra memory is then at most two blocks (≤ one ``[chunk, vocab/TP]`` buffer).
+In the kept case the workspace plus at most one block.
 The logits are never modified in place. The entropy term enters the backward only when the
 entropy output receives a gradient (a preset with an entropy bonus).
 """
@@ -28,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_CHUNK_SIZE = 1024
-_BLOCK_ELEMENTS = 1 << 18  # row block kept in cache for the two-operand steps
+_BLOCK_ELEMENTS = 1 << 18  # CPU row block: 1 MiB of fp32, stays in L2/L3
 
 
 def _all_reduce(tensor: torch.Tensor, op, group) -> None:
@@ -44,41 +47,11 @@ def _vocab_start(vocab_local: int, group) -> int:
     return dist.get_rank(group) * vocab_local
 
 
-def _block_rows(vocab_local: int) -> int:
-    return max(1, _BLOCK_ELEMENTS // vocab_local)
-
-
-def _local_stats(w, sum_exp, sum_exp_z, tmp, with_entropy):
-    """w: [c, V/TP] holding z − max. Fills Σ e^{z−max} and, with entropy, Σ e^{z−max}(z−max).
-
-    Without entropy w is left holding e^{z−max}; with entropy it keeps z − max.
-    """
-    if not with_entropy:
-        w.exp_()
-        torch.sum(w, dim=1, out=sum_exp)
-        return
-    step = tmp.shape[0]
-    for lo in range(0, w.shape[0], step):
-        wb = w[lo:lo + step]  # [b, V/TP]
-        e = tmp[: wb.shape[0]]
-        torch.exp(wb, out=e)
-        torch.sum(e, dim=1, out=sum_exp[lo:lo + step])
-        torch.linalg.vecdot(e, wb, out=sum_exp_z[lo:lo + step])
-
-
-def _grad_from_logp(logp, coef_a, coef_b, tmp, out):
-    """out = p·(a + b·log p) with p = exp(log p); logp: [c, V/TP] (overwritten), a, b: [c]."""
-    if coef_b is None:
-        logp.exp_()
-        torch.mul(logp, coef_a[:, None], out=out)
-        return
-    step = tmp.shape[0]
-    for lo in range(0, logp.shape[0], step):
-        lb = logp[lo:lo + step]
-        p = tmp[: lb.shape[0]]
-        torch.exp(lb, out=p)
-        torch.addcmul(coef_a[lo:lo + step, None], lb, coef_b[lo:lo + step, None], out=lb)
-        torch.mul(lb, p, out=out[lo:lo + step])
+def _block_rows(vocab_local: int, rows: int, device: torch.device) -> int:
+    """Rows per block: cache-sized on CPU, half a chunk on an accelerator (few large kernels)."""
+    if device.type != "cpu":
+        return max(1, rows // 2)  # two blocks at most: together ≤ one [chunk, V/TP] buffer
+    return max(1, min(rows, _BLOCK_ELEMENTS // vocab_local))
 
 
 class _VocabParallelLogProbEntropy(torch.autograd.Function):
@@ -95,21 +68,29 @@ class _VocabParallelLogProbEntropy(torch.autograd.Function):
         in_shard = (local_target >= 0) & (local_target < vocab_local)  # [N]
         local_target = torch.where(in_shard, local_target, torch.zeros_like(local_target))
 
-        rows = min(chunk_size, n)
-        keep = rows == n  # one chunk: keep the workspace for the backward
-        work = torch.empty(rows, vocab_local, dtype=acc, device=dev)  # [c, V/TP]
-        tmp = torch.empty(min(rows, _block_rows(vocab_local)), vocab_local, dtype=acc, device=dev)
-        local_max = torch.amax(logits, dim=1).to(acc).mul_(inv_t)  # [N]
+        keep = n <= chunk_size  # one chunk: keep the [N, V/TP] workspace for the backward
+        step = _block_rows(vocab_local, min(chunk_size, n), dev)
+        work = torch.empty(n, vocab_local, dtype=acc, device=dev) if keep else None
+        n_tmp = (0 if keep else 1) + (1 if with_entropy else 0)
+        tmp = torch.empty(n_tmp, step, vocab_local, dtype=acc, device=dev)  # [≤2, b, V/TP]
+        local_max = torch.empty(n, dtype=acc, device=dev)  # [N]
         stats = torch.zeros(3, n, dtype=acc, device=dev)  # [3, N]
         stats[2] = logits.gather(1, local_target[:, None]).squeeze(1).to(acc).mul_(inv_t)
-        for lo in range(0, n, rows):
-            hi = min(lo + rows, n)
-            w = work[: hi - lo]
-            torch.add(-local_max[lo:hi, None], logits[lo:hi], alpha=inv_t, out=w)  # z − max
-            _local_stats(w, stats[0, lo:hi], stats[1, lo:hi], tmp, with_entropy)
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
+            m = torch.amax(logits[lo:hi], dim=1).to(acc).mul_(inv_t)  # [b]
+            local_max[lo:hi] = m
+            w = work[lo:hi] if keep else tmp[0, : hi - lo]  # [b, V/TP]
+            torch.add(-m[:, None], logits[lo:hi], alpha=inv_t, out=w)  # z − m
+            if with_entropy:  # w keeps z − m
+                e = tmp[-1, : hi - lo]
+                torch.exp(w, out=e)
+                torch.sum(e, dim=1, out=stats[0, lo:hi])
+                torch.linalg.vecdot(e, w, out=stats[1, lo:hi])
+            else:  # w becomes e^{z − m}
+                w.exp_()
+                torch.sum(w, dim=1, out=stats[0, lo:hi])
         del tmp
-        if not keep:
-            del work
 
         global_max = local_max.clone()
         _all_reduce(global_max, dist.ReduceOp.MAX, group)
@@ -128,7 +109,7 @@ class _VocabParallelLogProbEntropy(torch.autograd.Function):
         # one chunk: keep the workspace, not the logits (they may be freed after the forward)
         saved = (logits.new_empty(0), work) if keep else (logits, logits.new_empty(0))
         ctx.save_for_backward(*saved, local_target, in_shard, local_max, offset, entropy)
-        ctx.inv_t, ctx.rows, ctx.keep, ctx.with_entropy = inv_t, rows, keep, with_entropy
+        ctx.inv_t, ctx.step, ctx.keep, ctx.with_entropy = inv_t, step, keep, with_entropy
         ctx.shape, ctx.dtype = logits.shape, logits.dtype
         ctx.set_materialize_grads(False)
         if not with_entropy:
@@ -138,43 +119,46 @@ class _VocabParallelLogProbEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logprob, grad_entropy):
         logits, saved, local_target, in_shard, local_max, offset, entropy = ctx.saved_tensors
-        n, vocab_local = ctx.shape
-        inv_t, rows = ctx.inv_t, ctx.rows
         if ctx.keep and getattr(ctx, "consumed", False):
             raise RuntimeError("vocab_parallel_logprob_entropy reuses its workspace in the "
                                "backward: a second backward through the same call is not "
                                "supported (use chunk_size < tokens to recompute instead)")
         ctx.consumed = True
-        acc = offset.dtype
+        n, vocab_local = ctx.shape
+        inv_t, step = ctx.inv_t, ctx.step
+        acc, dev = offset.dtype, offset.device
         use_entropy = grad_entropy is not None and ctx.with_entropy
         g_lp = (grad_logprob.to(acc) if grad_logprob is not None
-                else torch.zeros(n, dtype=acc, device=offset.device))  # [N]
-        # dL/dlogits = [g_lp·1_y − p·(g_lp + g_H·H + g_H·log p)] / T
+                else torch.zeros(n, dtype=acc, device=dev))  # [N]
+        # dL/dlogits = g_lp·1_y / T + p·(a + b·log p),  a = −(g_lp + g_H·H)/T,  b = −g_H/T
         coef_a = -g_lp * inv_t  # [N]
         coef_b = None
         if use_entropy:
             g_h = grad_entropy.to(acc)
             coef_a = coef_a - g_h * entropy * inv_t
             coef_b = -g_h * inv_t
-        tmp = torch.empty(min(rows, _block_rows(vocab_local)), vocab_local,
-                          dtype=acc, device=offset.device) if use_entropy else None
 
-        if ctx.keep and not ctx.with_entropy:  # saved holds e^{z − m_local}
+        if ctx.keep and not ctx.with_entropy:  # saved holds e^{z − m_local}; p = e·exp(−offset)
             grad = saved.mul_((coef_a * torch.exp(-offset))[:, None])
-        elif ctx.keep:  # saved holds z − m_local
-            saved.sub_(offset[:, None])
-            _grad_from_logp(saved, coef_a, coef_b, tmp, saved)
-            grad = saved
         else:
-            grad = torch.empty_like(logits)  # [N, V/TP]
-            work = torch.empty(rows, vocab_local, dtype=acc, device=logits.device)
-            shift = local_max + offset  # log p = z − shift
-            for lo in range(0, n, rows):
-                hi = min(lo + rows, n)
-                w = work[: hi - lo]
-                torch.add(-shift[lo:hi, None], logits[lo:hi], alpha=inv_t, out=w)
-                _grad_from_logp(w, coef_a[lo:hi], None if coef_b is None else coef_b[lo:hi],
-                                tmp, grad[lo:hi])
+            grad = saved if ctx.keep else torch.empty(ctx.shape, dtype=ctx.dtype, device=dev)
+            n_tmp = (0 if ctx.keep else 1) + (0 if coef_b is None else 1)
+            tmp = torch.empty(n_tmp, step, vocab_local, dtype=acc, device=dev)  # [≤2, b, V/TP]
+            for lo in range(0, n, step):
+                hi = min(lo + step, n)
+                if ctx.keep:  # saved holds z − m_local
+                    logp = saved[lo:hi].sub_(offset[lo:hi, None])
+                else:  # recompute log p = z − (m_local + offset) from the logits
+                    logp = tmp[0, : hi - lo]
+                    torch.add(-(local_max + offset)[lo:hi, None], logits[lo:hi], alpha=inv_t, out=logp)
+                if coef_b is None:
+                    logp.exp_()
+                    torch.mul(logp, coef_a[lo:hi, None], out=grad[lo:hi])
+                else:
+                    p = tmp[-1, : hi - lo]
+                    torch.exp(logp, out=p)
+                    torch.addcmul(coef_a[lo:hi, None], logp, coef_b[lo:hi, None], out=logp)
+                    torch.mul(logp, p, out=grad[lo:hi])
         rows_in = in_shard.nonzero().squeeze(1)  # [n_in]
         grad[rows_in, local_target[rows_in]] += (g_lp[rows_in] * inv_t).to(grad.dtype)
         return grad.to(ctx.dtype), None, None, None, None, None
@@ -192,7 +176,8 @@ def vocab_parallel_logprob_entropy(
 
     logits: ``[..., vocab/TP]`` (this rank's vocabulary shard, any float dtype, not modified);
     target: ``[...]`` global token ids in [0, vocab). group: the tensor-parallel process group
-    (None = no tensor parallelism). chunk_size: tokens per workspace chunk. Returns
+    (None = no tensor parallelism). chunk_size: up to this many tokens the workspace is kept
+    for the backward (faster), beyond it every block is recomputed (less memory). Returns
     ``(logprob [...], entropy [...] or None)`` in the logits' dtype (statistics accumulate in
     fp32). See the module docstring for the collectives and the memory bound.
     """
