@@ -2,6 +2,7 @@
 
 The model is written tensor by tensor with safetensors (no transformers model is built). Then:
 1. read speed: ``cat shards > /dev/null`` (after one warming read, so both sides read the page cache),
+   and, as the floor for anything that writes its output durably, ``cp shards DIR && sync``,
 2. HF -> Megatron with tools/convert_hf_to_megatron.py in a child process,
 3. Megatron -> HF with tools/convert_megatron_to_hf.py in a child process,
 each child's peak RSS read with ``resource.getrusage(RUSAGE_CHILDREN)`` (run one child per
@@ -77,10 +78,11 @@ def dir_bytes(d: str) -> int:
 
 
 def timed_child(cmd) -> tuple:
-    """(seconds, peak RSS bytes) of one child run from a fresh measuring process."""
+    """(seconds, peak RSS bytes, CPU seconds) of one child run from a fresh measuring process."""
     code = ("import resource, subprocess, sys, time, json; t = time.perf_counter(); "
             f"subprocess.run({cmd!r}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-            "print(json.dumps([time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024]))")
+            "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(json.dumps([time.perf_counter() - t, r.ru_maxrss * 1024, r.ru_utime + r.ru_stime]))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return tuple(json.loads(out.strip().splitlines()[-1]))
 
@@ -100,17 +102,25 @@ def main() -> None:
     t = time.perf_counter()
     subprocess.run(["cat", *shards], stdout=subprocess.DEVNULL, check=True)
     t_cat = time.perf_counter() - t
+    os.makedirs(os.path.join(a.workdir, "copy"))
+    t = time.perf_counter()  # reference for read + write + fsync, what any converter must do
+    subprocess.run(["cp", *shards, os.path.join(a.workdir, "copy")], check=True)
+    subprocess.run(["sync"], check=True)
+    t_cp = time.perf_counter() - t
+    shutil.rmtree(os.path.join(a.workdir, "copy"))
     tool = lambda name: [sys.executable, os.path.join(ROOT, "tools", name)]  # noqa: E731
-    t_in, rss_in = timed_child(tool("convert_hf_to_megatron.py") + ["--hf-dir", hf, "--save", mg, "--no-progress"])
-    t_out, rss_out = timed_child(tool("convert_megatron_to_hf.py") + ["--load", mg, "--save", back,
+    t_in, rss_in, cpu_in = timed_child(tool("convert_hf_to_megatron.py") + ["--hf-dir", hf, "--save", mg, "--no-progress"])
+    t_out, rss_out, cpu_out = timed_child(tool("convert_megatron_to_hf.py") + ["--load", mg, "--save", back,
                                                                        "--max-shard-size", "500MB", "--no-progress"])
     tiny_hf, tiny_mg = os.path.join(a.workdir, "tiny"), os.path.join(a.workdir, "tiny_mg")
     write_model(tiny_hf, dict(c, num_hidden_layers=1, hidden_size=64, intermediate_size=128, head_dim=16,
                               num_attention_heads=4, num_key_value_heads=2, vocab_size=256))
-    _, rss_base = timed_child(tool("convert_hf_to_megatron.py") + ["--hf-dir", tiny_hf, "--save", tiny_mg, "--no-progress"])
+    _, rss_base, _ = timed_child(tool("convert_hf_to_megatron.py") + ["--hf-dir", tiny_hf, "--save", tiny_mg, "--no-progress"])
     gb = 1e9
     res = dict(model_bytes=size, layers=a.layers, layer_bytes=info["layer_bytes"], shard_bytes=SHARD_BYTES,
-               cat_s=t_cat, cat_GBps=size / t_cat / gb,
+               cat_s=t_cat, cat_GBps=size / t_cat / gb, cp_sync_s=t_cp, cp_sync_GBps=size / t_cp / gb,
+               hf_to_megatron_cpu_s=cpu_in, megatron_to_hf_cpu_s=cpu_out,
+               ratio_in_vs_cp=t_cp / t_in, ratio_out_vs_cp=t_cp / t_out,
                hf_to_megatron_s=t_in, hf_to_megatron_GBps=size / t_in / gb, ratio_in=t_cat / t_in,
                megatron_to_hf_s=t_out, megatron_to_hf_GBps=size / t_out / gb, ratio_out=t_cat / t_out,
                rss_hf_to_megatron=rss_in, rss_megatron_to_hf=rss_out, rss_baseline_tiny=rss_base,

@@ -1,7 +1,8 @@
 """Hugging Face safetensors in (lazy, memory-mapped) and out (sharded, with an index).
 
-Reading never loads a file: ``safe_open`` maps it, ``get`` returns a zero-copy view whose pages are
-read on first touch and released with the tensor. Writing holds at most one output shard.
+Reading never loads a file: ``get`` maps the file (``safe_open``) and returns a zero-copy view whose
+pages are read on first touch; the mapping, and its pages in RSS, go away with the tensor (a
+handle kept open for the whole run would keep every touched page of the model resident). Writing holds at most one output shard.
 Only safetensors are read: pickled ``pytorch_model.bin`` files are refused (no code runs on load).
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ class HFSafetensors:
             raise FileNotFoundError(
                 f"{hf_dir}: no *.safetensors files" + (f" (found {bins}: pickle checkpoints are not "
                 "loaded for safety; re-save the model with safe_serialization=True)" if bins else ""))
-        self._handles: Dict[str, object] = {}
+        self._files: List[str] = []
         self.file_of: Dict[str, str] = {}
         self.shape_of: Dict[str, Tuple[int, ...]] = {}
         self.dtype_of: Dict[str, torch.dtype] = {}
@@ -52,9 +53,9 @@ class HFSafetensors:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: listed in {INDEX_NAME} but missing")
         try:
-            handle = safe_open(path, framework="pt")
-            for name in handle.keys():
-                sl = handle.get_slice(name)
+            with safe_open(path, framework="pt") as handle:
+                names = {n: handle.get_slice(n) for n in handle.keys()}
+            for name, sl in names.items():
                 self.shape_of[name] = tuple(sl.get_shape())
                 self.dtype_of[name] = _DTYPES.get(sl.get_dtype(), sl.get_dtype())
                 if name in self.file_of:
@@ -62,7 +63,7 @@ class HFSafetensors:
                 self.file_of[name] = fname
         except SafetensorError as e:
             raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from e
-        self._handles[fname] = handle
+        self._files.append(fname)
 
     def check(self, expected: Mapping[str, Tuple[int, ...]]) -> None:
         """Raise naming every missing tensor, unexpected tensor and shape mismatch at once."""
@@ -82,14 +83,15 @@ class HFSafetensors:
 
     def get(self, name: str) -> torch.Tensor:
         """A memory-mapped view of one tensor (pages read when touched)."""
-        try:
-            return self._handles[self.file_of[name]].get_tensor(name)
+        path = os.path.join(self.hf_dir, self.file_of[name])
+        try:  # a fresh mapping per tensor: its pages leave RSS when the tensor is dropped
+            with safe_open(path, framework="pt") as handle:
+                return handle.get_tensor(name)
         except SafetensorError as e:
-            raise ValueError(f"{os.path.join(self.hf_dir, self.file_of[name])}: cannot read {name!r} "
-                             f"({e})") from e
+            raise ValueError(f"{path}: cannot read {name!r} ({e})") from e
 
     def total_bytes(self) -> int:
-        return sum(os.path.getsize(os.path.join(self.hf_dir, f)) for f in self._handles)
+        return sum(os.path.getsize(os.path.join(self.hf_dir, f)) for f in self._files)
 
 
 def parse_size(text: str) -> int:
