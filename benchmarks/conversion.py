@@ -115,7 +115,7 @@ def main() -> None:
     tiny_hf, tiny_mg = os.path.join(a.workdir, "tiny"), os.path.join(a.workdir, "tiny_mg")
     write_model(tiny_hf, dict(c, num_hidden_layers=1, hidden_size=64, intermediate_size=128, head_dim=16,
                               num_attention_heads=4, num_key_value_heads=2, vocab_size=256))
-    _, rss_base, _ = timed_child(tool("convert_hf_to_megatron.py") + ["--hf-dir", tiny_hf, "--save", tiny_mg, "--no-progress"])
+    t_base, rss_base, cpu_base = timed_child(tool("convert_hf_to_megatron.py") + ["--hf-dir", tiny_hf, "--save", tiny_mg, "--no-progress"])
     gb = 1e9
     res = dict(model_bytes=size, layers=a.layers, layer_bytes=info["layer_bytes"], shard_bytes=SHARD_BYTES,
                cat_s=t_cat, cat_GBps=size / t_cat / gb, cp_sync_s=t_cp, cp_sync_GBps=size / t_cp / gb,
@@ -124,6 +124,7 @@ def main() -> None:
                hf_to_megatron_s=t_in, hf_to_megatron_GBps=size / t_in / gb, ratio_in=t_cat / t_in,
                megatron_to_hf_s=t_out, megatron_to_hf_GBps=size / t_out / gb, ratio_out=t_cat / t_out,
                rss_hf_to_megatron=rss_in, rss_megatron_to_hf=rss_out, rss_baseline_tiny=rss_base,
+               tiny_model_s=t_base, tiny_model_cpu_s=cpu_base,
                rss_budget_layer_plus_shard=info["layer_bytes"] + SHARD_BYTES)
     print(json.dumps(res, indent=2))
     shutil.rmtree(a.workdir, ignore_errors=True)

@@ -1,8 +1,8 @@
 """Megatron save dir (written by ``hf_to_megatron`` or by training) -> Hugging Face directory.
 
-Streaming: the checkpoint is read one layer at a time (torch.distributed.checkpoint reads only
-that layer's chunks), turned into HF tensors by the family's table and handed to a shard
-writer that holds at most one output shard. The result loads with
+Streaming: the checkpoint is read one tensor of one layer at a time (torch.distributed.checkpoint
+reads only that chunk), turned into HF tensors by the family's table and handed to a shard writer
+that holds at most one output shard. The result loads with
 ``transformers.AutoModelForCausalLM.from_pretrained``.
 """
 from __future__ import annotations
@@ -69,9 +69,11 @@ def convert_megatron_to_hf(load_dir: str, save_dir: str, overwrite: bool = False
     with staged_output(save_dir, overwrite) as tmp:
         writer = ShardedSafetensorsWriter(tmp, parse_size(max_shard_size))
         for group in tqdm(groups, desc="megatron->hf", unit="layer", disable=not progress):
-            for e, t in zip(group, read_entries(ckpt_dir, group, meta)):
-                for name, hf_t in zip(e.mapping.hf_names(e.layer), e.mapping.to_hf(t, shape)):
+            for e in group:  # one tensor at a time: read, convert, hand to the writer, drop
+                hf_tensors = e.mapping.to_hf(read_entries(ckpt_dir, [e], meta)[0], shape)
+                for name, hf_t in zip(e.mapping.hf_names(e.layer), hf_tensors):
                     writer.add(name, hf_t)
+                del hf_tensors
         writer.close()
         config = hf_config_from_shape(shape, base=base)
         dtype = _DTYPE_NAMES.get(str(meta["embedding.word_embeddings.weight"][1]))
