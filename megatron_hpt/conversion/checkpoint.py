@@ -13,6 +13,12 @@ spelling even for the local spec (``decoder.layers.self_attention.linear_qkv.wei
 ``embedding.word_embeddings.weight``, ``decoder.final_layernorm.weight`` and, untied only,
 ``output_layer.weight``; each linear layer has an ``_extra_state`` object per layer. Nothing in it
 depends on TP/PP: dist_checkpointing reshards at load, so one checkpoint loads at any layout.
+
+``save_streaming`` writes this format with torch.distributed.checkpoint directly (megatron-core's
+writer first materializes every tensor), one chunk per layer; ``read_entries`` reads chunks back
+whatever chunking the writer used (megatron-core's own saves split fc1 into gate/up per TP rank).
+Tests check both against megatron-core: same keys/shapes/dtypes as its save, and
+``dist_checkpointing.load`` of ``model.sharded_state_dict()`` at TP1/TP2 x PP1/PP2.
 """
 from __future__ import annotations
 
@@ -232,6 +238,8 @@ def load_megatron_weights(load_dir: str, model) -> str:
         if len(model) != 1:
             raise ValueError(f"load_megatron_weights takes one model chunk, got {len(model)}")
         model = model[0]
+    while hasattr(model, "module"):  # megatron DDP / Float16Module wrappers share the parameters
+        model = model.module
     ckpt_dir = resolve_checkpoint_dir(load_dir)
     # megatron returns (state, "missing": in the checkpoint but loaded by no rank,
     #                   "unexpected": requested by this rank but absent from the checkpoint)

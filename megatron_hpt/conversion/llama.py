@@ -1,6 +1,7 @@
-"""Llama 3.x (``model_type: llama``) <-> megatron-core GPTModel, local-spec parameter names.
+"""Llama 3.x (``model_type: llama``) <-> megatron-core GPTModel.
 
-Megatron name (in ``decoder.layers.N.`` for the layer table)    Hugging Face name(s)
+Keys: megatron-core parameter names (local spec; ``layer`` keys live under ``decoder.layers.N.``);
+values: the Hugging Face tensor(s) each is made of, with ``*`` = N, and how TP splits it.
 """
 from megatron_hpt.conversion.mapping import QKV, ArchMapping, Direct, GatedMLP
 
