@@ -146,6 +146,14 @@ class _VocabParallelLogProbEntropy(torch.autograd.Function):
             tmp = torch.empty(n_tmp, step, vocab_local, dtype=acc, device=dev)  # [≤2, b, V/TP]
             for lo in range(0, n, step):
                 hi = min(lo + step, n)
+                if ctx.keep and coef_b is not None:  # saved holds w = z − m_local
+                    # p·(a + b·log p) = e^w·(a' + b'·w), a' = (a − b·off)·e^−off, b' = b·e^−off
+                    w, p, e_off = saved[lo:hi], tmp[-1, : hi - lo], torch.exp(-offset[lo:hi])
+                    a2 = (coef_a[lo:hi] - coef_b[lo:hi] * offset[lo:hi]) * e_off
+                    torch.exp(w, out=p)
+                    torch.addcmul(a2[:, None], w, (coef_b[lo:hi] * e_off)[:, None], out=w)
+                    w.mul_(p)
+                    continue
                 if ctx.keep:  # saved holds z − m_local
                     logp = saved[lo:hi].sub_(offset[lo:hi, None])
                 else:  # recompute log p = z − (m_local + offset) from the logits
