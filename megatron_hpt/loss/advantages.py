@@ -44,7 +44,8 @@ def group_filter(rewards, group_index, eps=1e-12):
     """DAPO dynamic sampling (SPEC §3): keep rows of groups with 0 < #correct < G, i.e. whose
     rewards are not all equal. Returns keep [B] bool; the trainer drops the other groups and
     oversamples until the batch is full."""
-    _, std, count = group_statistics(rewards.double(), group_index, torch.ones_like(rewards, dtype=torch.bool))
+    everyone = torch.ones_like(rewards, dtype=torch.bool)
+    _, std, count = group_statistics(rewards.double(), group_index, everyone)
     return (count > 1) & (std > eps)
 
 
@@ -105,11 +106,12 @@ def compute_advantages(rewards, group_index, cfg, **extras):
         r = r + overlong_reward(mask.sum(-1), cfg.max_response_length,
                                 cfg.overlong_buffer_len, cfg.overlong_penalty_factor).to(r.dtype)
     token_r = None
-    if mask is not None and (est.startswith("reinforce_pp") or extras.get("token_rewards") is not None
-                             or (cfg.kl_mode == "reward" and cfg.kl_coef > 0)):
+    kl_in_reward = cfg.kl_mode == "reward" and cfg.kl_coef > 0
+    given = extras.get("token_rewards")
+    if mask is not None and (est.startswith("reinforce_pp") or given is not None or kl_in_reward):
         m = mask.to(r.dtype)
-        token_r = torch.zeros_like(m) if extras.get("token_rewards") is None else extras["token_rewards"].to(r.dtype) * m
-        if cfg.kl_mode == "reward" and cfg.kl_coef > 0:
+        token_r = torch.zeros_like(m) if given is None else given.to(r.dtype) * m  # [B, T]
+        if kl_in_reward:
             if extras.get("ref_logprobs") is None or extras.get("old_logprobs") is None:
                 raise ValueError("kl_mode='reward' needs ref_logprobs and old_logprobs extras")
             kl = kl_penalty(extras["old_logprobs"].detach(), extras["ref_logprobs"], cfg.kl_estimator)
@@ -118,7 +120,10 @@ def compute_advantages(rewards, group_index, cfg, **extras):
             r = r + token_r.sum(-1)
 
     include = torch.ones_like(is_demo) if cfg.mixed_group else ~is_demo
-    zero_demo = (lambda a: a) if cfg.mixed_group else (lambda a: torch.where(is_demo, torch.zeros_like(a), a))
+
+    def zero_demo(a):
+        return a if cfg.mixed_group else torch.where(is_demo, torch.zeros_like(a), a)
+
     if est == "none":
         return torch.zeros_like(r)
     if est == "reinforce":

@@ -138,17 +138,14 @@ def likelihood_gradient(logprobs, log_reference, kind, gamma=0.1, log_form=False
     and its value is the NLL-type objective of SPEC (SFT −ℓ, CISPO sg(clip r)·A·ℓ, SRFT w·ℓ)
     rather than the constant f(1). logprobs, log_reference: [B, T] → [B, T].
     """
+    if kind not in ("none", "luffy"):
+        raise ValueError(f"unknown shaping {kind!r}")
     x = torch.exp(logprobs - log_reference.detach())  # [B, T], x = π_θ / π_ref
     if not log_form:
         return shaping(x, kind, gamma)
     xd = x.detach()
     slope = xd if kind == "none" else gamma * xd / (xd + gamma) ** 2  # f'(x)·x
-    if kind not in ("none", "luffy"):
-        raise ValueError(f"unknown shaping {kind!r}")
     return slope * logprobs
 
 
-LOG_FORM_REFERENCES = ("pi_theta", "cispo")
-
-__all__ = ["reference_denominator", "stabilization_mask", "advantage", "likelihood_gradient",
-           "sft_weight", "shaping", "LOG_FORM_REFERENCES"]
+LOG_FORM_REFERENCES = ("pi_theta", "cispo")  # references built from sg(π_θ)
