@@ -1,12 +1,9 @@
 """Fused vocab-parallel log-prob / entropy against log_softmax references, TP=1 and TP=2 (gloo)."""
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from loss_gloo import run_gloo
 from megatron_hpt.loss import vocab_parallel_logprob_entropy
 
 TEMPERATURE = 0.7
@@ -87,52 +84,39 @@ def test_bfloat16_logits_run_in_fp32():
     assert torch.allclose(logp.double(), lp_r, atol=0.05)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _tp2_body(rank):
+    calls = []
+    real = dist.all_reduce
 
+    def counting(tensor, *args, **kwargs):
+        calls.append(tuple(tensor.shape))
+        return real(tensor, *args, **kwargs)
 
-def _tp2_worker(rank, port, result_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        calls = []
-        real = dist.all_reduce
-
-        def counting(tensor, *args, **kwargs):
-            calls.append(tuple(tensor.shape))
-            return real(tensor, *args, **kwargs)
-
-        dist.all_reduce = counting
-        logits, target, w_lp, w_h = make(4, shape=(6, 3), vocab=40)
-        half = logits.shape[-1] // 2
-        for chunk_size in (4, 1024):
-            for use_entropy in (True, False):
-                calls.clear()
-                shard = logits[..., rank * half:(rank + 1) * half].clone().requires_grad_()
-                logp, h = vocab_parallel_logprob_entropy(shard, target, TEMPERATURE, dist.group.WORLD,
-                                                         chunk_size, with_entropy=use_entropy)
-                forward_calls = len(calls)
-                obj = (logp * w_lp).sum() + ((h * w_h).sum() if use_entropy else 0.0)
-                g, = torch.autograd.grad(obj, shard)
-                full = logits.clone().requires_grad_()
-                lp_r, h_r = reference(full, target, TEMPERATURE)
-                obj_r = (lp_r * w_lp).sum() + ((h_r * w_h).sum() if use_entropy else 0.0)
-                g_r, = torch.autograd.grad(obj_r, full)
-                assert torch.allclose(logp, lp_r, rtol=1e-10, atol=1e-12)
-                if use_entropy:
-                    assert torch.allclose(h, h_r, rtol=1e-10, atol=1e-12)
-                assert torch.allclose(g, g_r[..., rank * half:(rank + 1) * half], rtol=1e-10, atol=1e-12)
-                assert forward_calls == 2, calls  # MAX of [N], SUM of [3, N]
-                assert len(calls) == 2, calls  # backward: no collective
-        dist.all_reduce = real
-        open(os.path.join(result_dir, f"ok{rank}"), "w").close()
-    finally:
-        dist.destroy_process_group()
+    dist.all_reduce = counting  # count the collectives of the fused function
+    logits, target, w_lp, w_h = make(4, shape=(6, 3), vocab=40)
+    half = logits.shape[-1] // 2
+    cols = slice(rank * half, (rank + 1) * half)
+    for chunk_size in (4, 1024):
+        for use_entropy in (True, False):
+            calls.clear()
+            shard = logits[..., cols].clone().requires_grad_()
+            logp, h = vocab_parallel_logprob_entropy(shard, target, TEMPERATURE, dist.group.WORLD,
+                                                     chunk_size, with_entropy=use_entropy)
+            forward_calls = len(calls)
+            obj = (logp * w_lp).sum() + ((h * w_h).sum() if use_entropy else 0.0)
+            g, = torch.autograd.grad(obj, shard)
+            full = logits.clone().requires_grad_()
+            lp_r, h_r = reference(full, target, TEMPERATURE)
+            obj_r = (lp_r * w_lp).sum() + ((h_r * w_h).sum() if use_entropy else 0.0)
+            g_r, = torch.autograd.grad(obj_r, full)
+            assert torch.allclose(logp, lp_r, rtol=1e-10, atol=1e-12)
+            if use_entropy:
+                assert torch.allclose(h, h_r, rtol=1e-10, atol=1e-12)
+            assert torch.allclose(g, g_r[..., cols], rtol=1e-10, atol=1e-12)
+            assert forward_calls == 2, calls  # MAX of [N], SUM of [3, N]
+            assert len(calls) == 2, calls  # backward: no collective
+    dist.all_reduce = real
 
 
 def test_tp2_gloo_matches_full_vocab(tmp_path):
-    mp.start_processes(_tp2_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")
-    assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
+    assert run_gloo(_tp2_body, tmp_path)

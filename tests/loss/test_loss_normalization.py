@@ -1,14 +1,11 @@
 """SPEC §6: global normalizers make the loss invariant to the micro-batch split; the faithful
 hpt preset keeps the released per-micro-batch SFT mean and differs exactly by its formula."""
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import megatron_hpt.loss as L
+from loss_gloo import run_gloo
 from test_loss_presets import make_batch
 
 SPLITS = {1: [15], 2: [6, 9], 4: [2, 5, 3, 5]}
@@ -86,38 +83,24 @@ def test_hpt_micro_batch_sft_mean_is_the_released_formula():
         assert torch.allclose(loss - glob, sft_micro - sft_global, rtol=1e-8, atol=1e-12)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dp2_worker(rank, port, result_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        for name in ("hpt_clean", "egspo"):
-            b = make_batch(seed=13)
-            ref, norm_ref = step_loss(name, b, SPLITS[4])
-            g_ref, = torch.autograd.grad(ref, b["lp"])
-            mine = split_rows(SPLITS[4])[rank * 2:(rank + 1) * 2]  # each DP rank: 2 micro-batches
-            loss, norm = step_loss(name, b, None, group=dist.group.WORLD, rows=mine)
-            g, = torch.autograd.grad(loss, b["lp"])
-            total = loss.detach().clone()
-            dist.all_reduce(total)  # the DP sum of the losses is the global loss
-            dist.all_reduce(g)  # gradient all-reduce with SUM
-            assert norm == norm_ref, (norm, norm_ref)
-            assert torch.allclose(total, ref.detach(), rtol=1e-10)
-            assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-14)
-        open(os.path.join(result_dir, f"ok{rank}"), "w").close()
-    finally:
-        dist.destroy_process_group()
+def _dp2_body(rank):
+    for name in ("hpt_clean", "egspo"):
+        b = make_batch(seed=13)
+        ref, norm_ref = step_loss(name, b, SPLITS[4])
+        g_ref, = torch.autograd.grad(ref, b["lp"])
+        mine = split_rows(SPLITS[4])[rank * 2:(rank + 1) * 2]  # each DP rank: 2 micro-batches
+        loss, norm = step_loss(name, b, None, group=dist.group.WORLD, rows=mine)
+        g, = torch.autograd.grad(loss, b["lp"])
+        total = loss.detach().clone()
+        dist.all_reduce(total)  # the DP sum of the losses is the global loss
+        dist.all_reduce(g)  # gradient all-reduce with SUM
+        assert norm == norm_ref, (norm, norm_ref)
+        assert torch.allclose(total, ref.detach(), rtol=1e-10)
+        assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-14)
 
 
 def test_dp2_normalizers_all_reduced_once(tmp_path):
-    mp.start_processes(_dp2_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")
-    assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
+    assert run_gloo(_dp2_body, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["grpo", "hpt_clean", "chord_mu"])
