@@ -11,7 +11,8 @@ Parallelism (what is sharded, what moves):
   gathers the logits over the vocabulary (``runtime_gather_output=True``: [b, 1, V] on every rank).
 - Every TP rank samples with the same seeded generator; the tokens and log-probs of TP source rank
   are then broadcast in the TP group (one [2, b] broadcast per step), so all ranks provably hold
-  identical samples. Pipeline parallelism is not supported (use the vLLM engine).
+  identical samples. Pipeline and context parallelism and sequence parallelism are refused with a
+clear error (use the vLLM engine there).
 
 Weights: the engine runs on the training parameters, so ``update_weights`` has nothing to load
 (``shares_training_weights = True``); it still accepts a stream and drains it, so a producer
@@ -37,9 +38,18 @@ def _tp_group_and_src():
         raise ValueError("the embedded rollout engine needs --pipeline-model-parallel-size 1 "
                          f"(got {ps.get_pipeline_model_parallel_world_size()}); "
                          "use --rollout-engine vllm with pipeline parallelism")
+    if ps.get_context_parallel_world_size() > 1:
+        raise ValueError("the embedded rollout engine needs --context-parallel-size 1 "
+                         f"(got {ps.get_context_parallel_world_size()}); use --rollout-engine vllm")
     if ps.get_tensor_model_parallel_world_size() == 1:
         return None, 0
     return ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_src_rank()
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module"):  # megatron DDP / Float16Module wrappers
+        model = model.module
+    return model
 
 
 class EmbeddedEngine:
@@ -52,6 +62,11 @@ class EmbeddedEngine:
         """``model``: this rank's TP shard of the policy (PP = 1). ``pad_token_id``: fills the left
         padding and finished rows (never attended to). ``max_sequence_length``: prompt + response
         limit checked before decoding (default: no check beyond the model's own)."""
+        config = getattr(_unwrap(model), "config", None)
+        if getattr(config, "sequence_parallel", False):
+            raise ValueError("the embedded rollout engine cannot decode with --sequence-parallel "
+                             "(one token per step cannot be split over TP ranks); "
+                             "use --rollout-engine vllm")
         self.model = model
         self.pad_token_id = int(pad_token_id)
         self.max_sequence_length = max_sequence_length

