@@ -70,6 +70,7 @@ class EmbeddedEngine:
         self.model = model
         self.pad_token_id = int(pad_token_id)
         self.max_sequence_length = max_sequence_length
+        self._tp_group, self._tp_src = _tp_group_and_src()  # refuses PP > 1 and CP > 1 up front
 
     # ------------------------------------------------------------------ protocol
     def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int,
@@ -126,7 +127,7 @@ class EmbeddedEngine:
         out_logprobs = torch.zeros((b, new), dtype=torch.float32, device=device)
         lengths = torch.zeros(b, dtype=torch.long, device=device)
         reason = torch.zeros(b, dtype=torch.long, device=device)  # 0 running, 1 eos, 2 stop
-        tp_group, tp_src = _tp_group_and_src()
+        tp_group, tp_src = self._tp_group, self._tp_src
         generator = make_generator(sampling.seed)
         context = StaticInferenceContext(max_batch_size=b, max_sequence_length=total)
         causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).triu(1)

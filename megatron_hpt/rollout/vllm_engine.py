@@ -182,7 +182,9 @@ class VllmEngine:
 
     def update_weights(self, stream: WeightStream) -> None:
         """Load every bucket into vLLM (sharded by vLLM's loaders), then reset the prefix cache.
-        Needs the in-process engine core (always the case here): the iterator is not serialised."""
+        The stream must be a full update (every weight of a layer it touches; layers it omits keep
+        their old weights, with a vLLM warning). Needs the in-process engine core (always the
+        case here): the iterator is handed over, not serialised."""
         if self._asleep and self.on_gpu and not self._weights_awake:
             self.llm.wake_up(tags=["weights"])  # KV cache stays released while weights load
             self._weights_awake = True
