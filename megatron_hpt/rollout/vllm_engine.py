@@ -67,9 +67,11 @@ def _report_untruncated_logprobs(worker) -> bool:
     return True
 
 
-class _RngStates:
-    """Python, NumPy and torch (CPU and CUDA) generator states, restored after vLLM's start-up
-    (``LLM(seed=...)`` reseeds them all in the calling process)."""
+class _ProcessState:
+    """What vLLM's start-up changes in the calling process and the colocated trainer must keep:
+    the Python, NumPy and torch (CPU and CUDA) generator states (``LLM(seed=...)`` reseeds them
+    all) and, on CPU, ``torch.set_num_threads`` (vLLM's CPU worker replaces it with a no-op for
+    the whole process) and the thread count."""
 
     def __init__(self):
         import random
@@ -77,6 +79,7 @@ class _RngStates:
         import numpy as np
         self.python, self.numpy, self.cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self.set_num_threads, self.num_threads = torch.set_num_threads, torch.get_num_threads()
 
     def restore(self):
         import random
@@ -87,6 +90,8 @@ class _RngStates:
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
+        torch.set_num_threads = self.set_num_threads
+        torch.set_num_threads(self.num_threads)
 
 
 # ---------------------------------------------------------------- engine
@@ -119,7 +124,7 @@ class VllmEngine:
         if distributed and dist.get_world_size() % tensor_parallel_size:
             raise ValueError(f"world size {dist.get_world_size()} is not a multiple of the rollout "
                              f"tensor_parallel_size {tensor_parallel_size}")
-        rng = _RngStates()  # vLLM seeds the global generators; training's RNG must not move
+        process = _ProcessState()  # vLLM reseeds generators and pins threads process-wide
         self.llm = LLM(
             model=hf_dir, tensor_parallel_size=tensor_parallel_size, seed=seed,
             max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
@@ -128,7 +133,7 @@ class VllmEngine:
             logprobs_mode="processed_logprobs", enable_sleep_mode=self.on_gpu,
             distributed_executor_backend="external_launcher" if distributed else None,
             **engine_kwargs)
-        rng.restore()
+        process.restore()
         self.llm.collective_rpc(_report_untruncated_logprobs)
         self._asleep = False
         self._weights_awake = False

@@ -42,11 +42,13 @@ def models():
 @pytest.fixture(scope="module")
 def vllm_engine(models, tmp_path_factory):
     hf_dir = tm.save_hf_dir(str(tmp_path_factory.mktemp("tiny_llama")), models["A"]["state"])
-    rng = torch.get_rng_state()
+    rng, set_num_threads, threads = torch.get_rng_state(), torch.set_num_threads, torch.get_num_threads()
     engine = build_engine("vllm", hf_dir=hf_dir, max_model_len=256, dtype="float32",
                           enforce_eager=True, seed=0)
-    # colocated with training: starting vLLM leaves the process RNG and default dtype alone
+    # colocated with training (and with later tests in this process): starting vLLM leaves the
+    # RNG, the default dtype and torch's thread control as they were
     assert torch.equal(rng, torch.get_rng_state()) and torch.get_default_dtype() == torch.float32
+    assert torch.set_num_threads is set_num_threads and torch.get_num_threads() == threads
     engine.loaded = "A"
     yield engine
     engine.shutdown()
