@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_CHUNK_SIZE = 4096
 _BLOCK_ELEMENTS = 1 << 18  # CPU row block: 1 MiB of fp32, stays in L2/L3
 
 
@@ -184,8 +184,10 @@ def vocab_parallel_logprob_entropy(
 
     logits: ``[..., vocab/TP]`` (this rank's vocabulary shard, any float dtype, not modified);
     target: ``[...]`` global token ids in [0, vocab). group: the tensor-parallel process group
-    (None = no tensor parallelism). chunk_size: up to this many tokens the workspace is kept
-    for the backward (faster), beyond it every block is recomputed (less memory). Returns
+    (None = no tensor parallelism). chunk_size: up to this many tokens the fp32 workspace is
+    kept for the backward (faster; like megatron's cross entropy, which keeps an fp32 softmax),
+    beyond it every block is recomputed from the logits (memory between forward and backward:
+    the logits only — what matters with bf16 logits or several micro-batches in flight). Returns
     ``(logprob [...], entropy [...] or None)`` in the logits' dtype (statistics accumulate in
     fp32). See the module docstring for the collectives and the memory bound.
     """
