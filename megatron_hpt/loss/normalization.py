@@ -1,7 +1,8 @@
 """Normalization contract (SPEC §6): denominators once per optimizer step, over the global batch.
 
 ``compute_normalizers`` sums token and sequence counts over every micro-batch of the step and
-all-reduces them (SUM) once over the data-parallel (× context-parallel) group. ``policy_loss``
+all-reduces them (SUM) once over the data-parallel group (context parallelism: see
+``compute_normalizers``). ``policy_loss``
 divides each micro-batch's sums by these global numbers, so the sum of the micro-batch losses
 over all micro-batches and DP ranks is exactly the loss of the whole batch. The trainer must
 therefore stop megatron-core (0.16) from averaging again. With ``calculate_per_token_loss=True``:
@@ -15,7 +16,7 @@ all-reduced sum of the returned ``num_tokens`` only when that sum is > 0 — so 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -150,6 +151,3 @@ def aggregate(values, mask, mode, tokens, sequences, norm: Normalizers, lengths=
         return masked.sum() / (norm.max_response_length * max(norm.num_micro_batches, 1.0))
     raise ValueError(f"unknown loss_agg_mode {mode!r}")
 
-
-def as_dict(norm: Normalizers) -> dict:
-    return {f.name: getattr(norm, f.name) for f in fields(norm)}
