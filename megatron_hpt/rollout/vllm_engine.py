@@ -94,6 +94,26 @@ class _ProcessState:
         torch.set_num_threads(self.num_threads)
 
 
+def _keep_training_process_group() -> None:
+    """vLLM's engine teardown (``EngineCore.shutdown``, also run by a garbage-collection
+    finalizer) ends in ``destroy_distributed_environment()``, which destroys torch.distributed's
+    default group: here the trainer's, still used by megatron's groups. When the trainer owns
+    the world, vLLM's teardown is narrowed to vLLM's own world coordinator (its groups are
+    ``new_group`` subgroups); its TP/PP groups are destroyed by vLLM as before."""
+    from vllm.distributed import parallel_state as vllm_ps
+    if getattr(vllm_ps.destroy_distributed_environment, "keeps_default_group", False):
+        return
+
+    def destroy_vllm_world_only():
+        if vllm_ps._WORLD:
+            vllm_ps._WORLD.destroy()
+        vllm_ps._WORLD = None
+        vllm_ps._NODE_COUNT = None
+
+    destroy_vllm_world_only.keeps_default_group = True
+    vllm_ps.destroy_distributed_environment = destroy_vllm_world_only
+
+
 # ---------------------------------------------------------------- engine
 class VllmEngine:
     """vLLM colocated with training; see the module docstring for layout and data movement."""
@@ -125,6 +145,8 @@ class VllmEngine:
             raise ValueError(f"world size {dist.get_world_size()} is not a multiple of the rollout "
                              f"tensor_parallel_size {tensor_parallel_size}")
         process = _ProcessState()  # vLLM reseeds generators and pins threads process-wide
+        if dist.is_initialized():
+            _keep_training_process_group()
         self.llm = LLM(
             model=hf_dir, tensor_parallel_size=tensor_parallel_size, seed=seed,
             max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
@@ -211,7 +233,8 @@ class VllmEngine:
         self._asleep, self._weights_awake = False, False
 
     def shutdown(self, timeout: Optional[float] = None) -> None:
-        """Release the engine (tests start one per module)."""
+        """Release the engine (tests start one per module). The trainer's torch.distributed
+        world and megatron's groups stay usable."""
         engine = getattr(self.llm, "llm_engine", None)
         if engine is not None and hasattr(engine, "engine_core"):
             engine.engine_core.shutdown()

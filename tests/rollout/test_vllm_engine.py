@@ -52,6 +52,10 @@ def vllm_engine(models, tmp_path_factory):
     engine.loaded = "A"
     yield engine
     engine.shutdown()
+    # colocated: vLLM's teardown must leave the trainer's process groups alive
+    from megatron.core import parallel_state as ps
+    assert torch.distributed.is_initialized()
+    assert torch.distributed.get_process_group_ranks(ps.get_tensor_model_parallel_group()) == [0]
 
 
 def engine_with(engine, models, name):
