@@ -41,11 +41,20 @@ def reduce_metrics(per_microbatch: List[Dict[str, torch.Tensor]],
                    additive=("lm loss",)) -> Dict[str, float]:
     """Global value of each metric over micro-batches and DP ranks: ``additive`` metrics are
     pre-divided by global normalizers and summed; ``*_min``/``*_max`` take the min/max; the rest
-    (fractions, means) are averaged over micro-batches. Non-last pipeline stages return {}."""
+    (fractions, means) are averaged over the micro-batches that report them.
+
+    A metric may be absent from some micro-batches or ranks (a ratio statistic where a rank holds
+    no on-policy token): the key sets are unioned over the DP x CP group first, so every rank
+    issues the same collectives. Non-last pipeline stages return {}."""
     if not per_microbatch:
         return {}
     group = parallel_state.get_data_parallel_group(with_context_parallel=True)
-    keys = sorted(set().union(*per_microbatch))
+    keys = set().union(*per_microbatch)
+    if dist.get_world_size(group) > 1:
+        gathered = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, sorted(keys), group=group)
+        keys = set().union(*map(set, gathered))
+    keys = sorted(keys)
     out = {}
     for op, selected in ((dist.ReduceOp.MIN, [k for k in keys if k.endswith("_min")]),
                          (dist.ReduceOp.MAX, [k for k in keys if k.endswith("_max")]),
@@ -54,13 +63,14 @@ def reduce_metrics(per_microbatch: List[Dict[str, torch.Tensor]],
             continue
         vals = []
         for k in selected:
-            present = [m[k].reshape(()) for m in per_microbatch if k in m]
+            present = [m[k].reshape(()).double() for m in per_microbatch if k in m]
             if op == dist.ReduceOp.MIN:
-                vals.append(torch.stack(present).min())
+                vals.append(torch.stack(present).min() if present else torch.tensor(float("inf")))
             elif op == dist.ReduceOp.MAX:
-                vals.append(torch.stack(present).max())
+                vals.append(torch.stack(present).max() if present else torch.tensor(float("-inf")))
             else:  # sum, plus the count for averaging the non-additive ones
-                vals += [torch.stack(present).sum(), torch.tensor(float(len(present)))]
+                total = torch.stack(present).sum() if present else torch.tensor(0.0)
+                vals += [total, torch.tensor(float(len(present)))]
         local = torch.stack([v.double() for v in vals])
         dist.all_reduce(local, op=op, group=group)
         if op != dist.ReduceOp.SUM:

@@ -63,3 +63,105 @@ def full_weights(ckpt_root: str) -> dict:
                 if not k.endswith("_extra_state")}
     finally:
         distributed.destroy()
+
+
+def synthetic_rl_batch(preset_name: str, seq_length: int = 32, vocab: int = 80, seed: int = 3) -> dict:
+    """A global batch of 8 rows (2 prompts x 4) with ragged response masks, detached old
+    log-probs off the current policy (so ratios != 1 and clipping is active), 0/1 rewards,
+    and demonstrations mixed in the way each hybrid preset expects."""
+    import torch
+    from megatron_hpt.loss import compute_advantages, preset
+
+    g = torch.Generator().manual_seed(seed)
+    n = 8
+    tokens = torch.randint(4, vocab, (n, seq_length), generator=g)
+    labels = torch.randint(4, vocab, (n, seq_length), generator=g)
+    starts = torch.randint(3, 10, (n,), generator=g)
+    ends = torch.clamp(starts + torch.randint(4, seq_length - 10, (n,), generator=g), max=seq_length)
+    pos = torch.arange(seq_length)
+    mask = ((pos >= starts[:, None]) & (pos < ends[:, None])).float()
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    rewards = torch.tensor([1., 0., 1., 0., 0., 0., 1., 1.])
+    is_demo = torch.zeros(n, dtype=torch.bool)
+    batch = dict(tokens=tokens, labels=labels, loss_mask=mask,
+                 position_ids=pos.expand(n, seq_length).contiguous(),
+                 old_logprobs=-3.0 - torch.rand(n, seq_length, generator=g))
+    cfg = preset(preset_name)
+    if preset_name == "luffy":  # one demonstration per group, inside the group statistics
+        is_demo[[3, 7]] = True
+        rewards[[3, 7]] = 1.0
+    if preset_name.startswith("hpt"):  # group 1 takes the SFT branch: its rollouts are dropped
+        is_demo[7] = True
+        batch["on_policy_weight"] = torch.tensor([1., 1., 1., 1., 0., 0., 0., 0.])
+        batch["sft_weight"] = torch.tensor([0., 0., 0., 0., 0., 0., 0., 1.])
+        # the SFT-branch demo sits alone in its own micro-batch of a 4-way split, so the
+        # released per-micro-batch token-mean weighs it differently from the global one
+    batch["is_demo"] = is_demo
+    batch["advantages"] = compute_advantages(rewards, group, cfg, is_demo=is_demo,
+                                             response_mask=mask).float()
+    return batch
+
+
+def rl_steps(argv: list, runs: list, init_ckpt: str, save_root: str) -> list:
+    """Rank entry point: for each ``(preset_name, micro_batch_size)`` in ``runs``, load the initial
+    weights, take one optimizer step of that preset on the synthetic batch (SGD, lr 1000, no
+    clipping or decay: the weight change is -1000 x the gradient) and save it under
+    ``save_root/<preset>_mb<size>``. Returns the global losses (from the last rank)."""
+    import os
+    from megatron_hpt.arguments import build_config, build_parser
+    from megatron_hpt.loss import preset
+    from megatron_hpt.training import distributed
+    from megatron_hpt.training.batches import split_for_rank
+    from megatron_hpt.training.checkpoint import load_checkpoint, save_checkpoint
+    from megatron_hpt.training.loss_head import LossHead
+    from megatron_hpt.training.setup import build_model, build_optimizer
+    from megatron_hpt.training.step import train_step
+    import torch.distributed as dist
+
+    args = build_parser().parse_args(argv)
+    cfg = build_config(args, dist_world_size(), tokenizer_vocab_size=80)
+    distributed.initialize(cfg.parallel.tensor_model_parallel_size,
+                           cfg.parallel.pipeline_model_parallel_size, seed=cfg.seed)
+    losses = []
+    try:
+        model = build_model(cfg)
+        for preset_name, micro_batch_size in runs:
+            optimizer, scheduler = build_optimizer(cfg, model)
+            load_checkpoint(init_ckpt, model, finetune=True)
+            head = LossHead(preset(preset_name))
+            micro_batches = split_for_rank(synthetic_rl_batch(preset_name), micro_batch_size)
+            head.attach_normalizers(micro_batches)
+            metrics = train_step(model, optimizer, scheduler, micro_batches, head, cfg.seq_length)
+            save_checkpoint(os.path.join(save_root, f"{preset_name}_mb{micro_batch_size}"), 1, model)
+            losses.append(metrics.get("lm loss"))
+        return losses if dist.get_rank() == dist.get_world_size() - 1 else None
+    finally:
+        distributed.destroy()
+
+
+def many_full_weights(ckpt_roots: list) -> list:
+    """Rank entry point (one process): ``full_weights`` of each checkpoint, in one start-up."""
+    from megatron_hpt.arguments import build_config, build_parser
+    from megatron_hpt.data.tokenizer import build_char_tokenizer
+    from megatron_hpt.training import distributed
+    from megatron_hpt.training.checkpoint import load_checkpoint
+    from megatron_hpt.training.setup import build_model
+
+    args = build_parser().parse_args(TINY_MODEL + TRAIN)
+    cfg = build_config(args, 1, tokenizer_vocab_size=len(build_char_tokenizer()))
+    distributed.initialize(seed=cfg.seed)
+    try:
+        model = build_model(cfg)
+        out = []
+        for root in ckpt_roots:
+            load_checkpoint(root, model, finetune=True)
+            out.append({k: v.detach().clone() for k, v in model[0].module.state_dict().items()
+                        if not k.endswith("_extra_state")})
+        return out
+    finally:
+        distributed.destroy()
+
+
+def dist_world_size() -> int:
+    import os
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,70 @@
+"""SPEC §6 at model level: one optimizer step's gradient is the same for 1, 2 and 4 micro-batches
+and for TP=1, TP=2 and DP=2, for grpo, hpt_clean and luffy; the faithful `hpt` preset keeps the
+released per-micro-batch SFT token-mean, so its gradient changes with the split.
+
+The gradient is read back as the weight change of one SGD step with lr 1000 (no momentum state,
+no clipping, no weight decay), loaded from each run's checkpoint at TP=1. All runs of one layout
+share one process start-up (the tests are CPU-bound on CI)."""
+import os
+
+import pytest
+
+from dist_utils import run_distributed
+from training.common import TINY_MODEL, layout, many_full_weights, rl_steps, save_initial_weights
+
+SGD = ["--optimizer", "sgd", "--lr", "1000", "--clip-grad", "0", "--weight-decay", "0",
+       "--global-batch-size", "8", "--seed", "7", "--micro-batch-size", "2"]
+INVARIANT = ["grpo", "hpt_clean", "luffy"]
+LAYOUTS = {"tp1": (1, 1), "tp2": (2, 2), "dp2": (1, 2)}  # name: (tp, world size)
+# (layout, micro-batch size) per run; at DP=2 each rank holds 4 rows, so mb 2 is a 2-way split
+RUNS = [("tp1", 8), ("tp1", 4), ("tp1", 2), ("tp2", 2), ("dp2", 2)]
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+    """{(preset, layout, mbs): (loss, gradient)} for every run, plus the hpt runs."""
+    root = str(tmp_path_factory.mktemp("layout"))
+    init = os.path.join(root, "init")
+    run_distributed(save_initial_weights, 1, init)
+    jobs = {}
+    for name, (tp, world) in LAYOUTS.items():
+        runs = [(p, mbs) for lay, mbs in RUNS if lay == name for p in INVARIANT]
+        if name == "tp1":
+            runs += [("hpt", 8), ("hpt", 2)]
+        save_root = os.path.join(root, name)
+        losses = run_distributed(rl_steps, world, TINY_MODEL + SGD + layout(tp), runs, init,
+                                 save_root)[-1]
+        for (p, mbs), loss in zip(runs, losses):
+            jobs[(p, name, mbs)] = (loss, os.path.join(save_root, f"{p}_mb{mbs}"))
+    keys = list(jobs)
+    w0, *ws = run_distributed(many_full_weights, 1, [init] + [jobs[k][1] for k in keys])[0]
+    return {k: (jobs[k][0], {n: (w0[n] - w[n]) / 1000.0 for n in w0}) for k, w in zip(keys, ws)}
+
+
+def _max_rel_diff(a, b):
+    num = max((a[k] - b[k]).abs().max().item() for k in a)
+    den = max(b[k].abs().max().item() for k in b)
+    return num / den
+
+
+@pytest.mark.parametrize("preset_name", INVARIANT)
+def test_gradient_is_layout_and_split_invariant(preset_name, steps):
+    ref_loss, ref = steps[(preset_name, "tp1", 8)]
+    assert max(v.abs().max().item() for v in ref.values()) > 1e-7, "the step moved no weight"
+    for lay, mbs in RUNS[1:]:
+        loss, grad = steps[(preset_name, lay, mbs)]
+        assert abs(loss - ref_loss) <= 1e-6 * max(1.0, abs(ref_loss)), \
+            f"{lay} mb{mbs}: loss {loss} vs {ref_loss}"
+        rel = _max_rel_diff(grad, ref)
+        assert rel <= 1e-5, f"{preset_name} {lay} mb{mbs}: gradient differs by {rel:.2e}"
+
+
+def test_faithful_hpt_depends_on_micro_batch_split(steps):
+    """Released HPT: SFT token-mean per micro-batch, averaged over micro-batches. With one
+    micro-batch the SFT term is Σ NLL / n_demo_tokens; with 4 micro-batches the demo row sits
+    alone in the last one and its mean is divided by 4 micro-batches."""
+    loss1, g1 = steps[("hpt", "tp1", 8)]
+    loss4, g4 = steps[("hpt", "tp1", 2)]
+    assert _max_rel_diff(g4, g1) > 1e-2, "hpt should depend on the split (released behaviour)"
+    # the demo's NLL (positive) enters with weight 1/4 instead of 1: the loss goes down
+    assert loss4 < loss1 - 1e-3, (loss4, loss1)
