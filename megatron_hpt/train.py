@@ -1,7 +1,8 @@
 """``python -m megatron_hpt.train``: the training loop, top-down.
 
     flags -> config -> process groups -> model + optimizer (+ checkpoint)
-    for each iteration: global batch -> this rank's micro-batches -> step -> log -> save
+    for each iteration: this rank's micro-batches (SFT rows, or rollouts -> rewards -> gate ->
+                        advantages for RL/hybrid presets) -> step -> log -> eval -> save
 
 Launch: ``python -m megatron_hpt.train ...`` (one process), ``torchrun --nproc-per-node N -m
 megatron_hpt.train ...`` or ``srun python -m megatron_hpt.train ...`` (rank/world from Slurm).
@@ -15,7 +16,6 @@ from typing import Dict, List, Optional
 from megatron_hpt.arguments import ConfigError, build_config, build_parser
 from megatron_hpt.data.tokenizer import load_tokenizer
 from megatron_hpt.training import distributed
-from megatron_hpt.training.batches import split_for_rank
 from megatron_hpt.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_hpt.training.logging import MetricsLogger, format_iteration_line, is_logging_rank
 from megatron_hpt.training.setup import build_model, build_optimizer
@@ -39,16 +39,17 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
     if cfg.load:
         start = load_checkpoint(cfg.load, model, None if cfg.no_load_optim else optimizer,
                                 scheduler, finetune=cfg.finetune)
-    task = build_task(cfg, tokenizer)
+    task = build_task(cfg, tokenizer, model)
     logger = MetricsLogger(cfg.tensorboard_dir, cfg.log_interval)
 
     history, skipped_total = [], 0
     for iteration in range(start, cfg.train_iters):
         t0 = time.perf_counter()
-        micro_batches = split_for_rank(task.global_batch(iteration), cfg.micro_batch_size)
+        micro_batches = task.micro_batches(iteration)
         task.attach_normalizers(micro_batches)
         metrics = train_step(model, optimizer, scheduler, micro_batches, task.loss_fn,
                              cfg.seq_length)
+        metrics.update(task.after_step())
         skipped_total += int(metrics["skipped"])
         elapsed_ms = (time.perf_counter() - t0) * 1000
         line = format_iteration_line(iteration + 1, cfg.train_iters, metrics, elapsed_ms,

@@ -67,6 +67,33 @@ def _report_untruncated_logprobs(worker) -> bool:
     return True
 
 
+def _retie_output_embeddings(worker) -> bool:
+    """Tied-embedding models (Qwen2.5-0.5B/1.5B, Llama-3.2-1B, ...): vLLM's layer-wise in-place
+    reload treats the output layer (``lm_head``, sharing ``embed_tokens.weight``) as a layer of
+    its own. The stream has no ``lm_head.weight`` (tied checkpoints carry none), so the reload
+    restores that layer's old kernel tensors — on the CPU backend that includes the GEMM weight
+    it packed at start-up, and generation keeps using the stale output weights (measured: greedy
+    tokens and log-probs differ from the pushed model). Make the output layer hold this rank's
+    embedding shard again (same vocab sharding) and redo its unquantized post-processing
+    (which repacks the CPU GEMM weight; a no-op on GPUs). Returns True for tied models."""
+    runner = worker.model_runner
+    model = runner.get_model() if hasattr(runner, "get_model") else runner.model
+    if not getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        return False
+    lm_head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if lm_head is None or embed is None or not hasattr(lm_head, "weight"):
+        raise RuntimeError("tied-embedding model without lm_head / model.embed_tokens: cannot "
+                           "re-tie the output layer after a weight update")
+    with torch.no_grad():
+        if lm_head.weight.data_ptr() != embed.weight.data_ptr():
+            lm_head.weight.copy_(embed.weight)
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+    if isinstance(getattr(lm_head, "quant_method", None), UnquantizedEmbeddingMethod):
+        lm_head.quant_method.process_weights_after_loading(lm_head)
+    return True
+
+
 class _ProcessState:
     """What vLLM's start-up changes in the calling process and the colocated trainer must keep:
     the Python, NumPy and torch (CPU and CUDA) generator states (``LLM(seed=...)`` reseeds them
@@ -218,6 +245,7 @@ class VllmEngine:
         pairs = (pair for bucket in stream for pair in bucket)
         self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=pairs,
                                                               is_checkpoint_format=True))
+        self.llm.collective_rpc(_retie_output_embeddings)
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:

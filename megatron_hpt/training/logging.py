@@ -23,8 +23,9 @@ def format_iteration_line(iteration: int, train_iters: int, metrics: Dict[str, f
              f"learning rate: {metrics.get('lr', 0.0):.6E}",
              f"global batch size: {global_batch_size:5d}"]
     skip = {"lr", "grad_norm", "skipped"}
+    always = {"lm loss", "reward", "sft share"}
     for k in sorted(metrics):  # parts a preset does not use stay exactly 0 and are not printed
-        if k not in skip and (metrics[k] != 0.0 or k == "lm loss"):
+        if k not in skip and (metrics[k] != 0.0 or k in always):
             parts.append(f"{k}: {metrics[k]:.6E}")
     parts.append(f"grad norm: {metrics.get('grad_norm', float('nan')):.3f}")
     parts.append(f"number of skipped iterations: {skipped_total:3d}")

@@ -1,0 +1,173 @@
+"""The RL / hybrid task: rollouts -> rewards -> HPT gate -> advantages -> rows (DESIGN §1).
+
+Used by every loss preset but ``sft``. One optimizer step, on each data-parallel replica:
+
+    prompts      this replica's --rollout-batch-size / DP problems of the step
+    rollouts     --n-samples-per-prompt samples each from the rollout engine, with the log-prob
+                 of every sampled token (the old log-probs: one update per rollout batch, so
+                 π_old is the policy that sampled; the embedded engine's log-probs equal the
+                 training forward to fp32 round-off, tested in tests/rollout)
+    rewards      1 if the answer after '#' equals the ground truth, else 0
+    gate         HPT: per prompt, from its number of correct rollouts (hybrid/hpt_gate.py)
+    advantages   compute_advantages over each prompt's group (demonstration inside the group
+                 for mixed-group presets such as LUFFY)
+    rows         per prompt: its n rollouts, then its demonstration when the preset uses one
+
+Rows of one prompt stay on one DP replica, so group statistics never cross ranks; the loss
+normalizers are global (LossHead.attach_normalizers). What moves: nothing beyond the engine's
+own collectives and the all-reduce of the logged rollout statistics.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_hpt.arguments import ConfigError, TrainingConfig, uses_demonstrations
+from megatron_hpt.data import arithmetic
+from megatron_hpt.data.sft_batch import sft_rows
+from megatron_hpt.hybrid import hpt_branch_coefficients
+from megatron_hpt.loss import compute_advantages, mu_at_step
+from megatron_hpt.rollout import SamplingParams
+from megatron_hpt.rollout.trainer_engine import TrainerEngine
+from megatron_hpt.training.loss_head import LossHead
+from megatron_hpt.training.tasks import EVAL_SEED_OFFSET, greedy_accuracy
+
+
+def rollout_rows(samples, seq_length: int, pad_token_id: int) -> Dict[str, torch.Tensor]:
+    """Rows ``prompt + response`` (length seq_length + 1, right-padded) as tokens/labels; the
+    loss mask covers the response tokens, ``old_logprobs`` holds each sampled token's log-prob
+    at its label position."""
+    n = len(samples)
+    rows = torch.full((n, seq_length + 1), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, seq_length + 1))
+    old = torch.zeros((n, seq_length + 1))
+    for i, s in enumerate(samples):
+        ids = list(s.prompt_token_ids) + list(s.response_token_ids)
+        if len(ids) > seq_length + 1:
+            raise ValueError(f"rollout {i}: prompt + response is {len(ids)} tokens, more than "
+                             f"--seq-length + 1 = {seq_length + 1}")
+        p = len(s.prompt_token_ids)
+        rows[i, :len(ids)] = torch.tensor(ids)
+        mask[i, p:len(ids)] = 1.0
+        old[i, p:len(ids)] = torch.tensor(s.logprobs, dtype=torch.float32)
+    return dict(tokens=rows[:, :-1].contiguous(), labels=rows[:, 1:].contiguous(),
+                loss_mask=mask[:, 1:].contiguous(), old_logprobs=old[:, 1:].contiguous(),
+                position_ids=torch.arange(seq_length).expand(n, seq_length).contiguous())
+
+
+class RlTask:
+    """Rollouts on the built-in arithmetic task, trained with any RL or hybrid preset."""
+
+    def __init__(self, cfg: TrainingConfig, tokenizer, model):
+        if cfg.data_path != "builtin:arithmetic":
+            raise ConfigError(f"--data-path {cfg.data_path!r}: the RL task currently reads "
+                              "builtin:arithmetic")
+        self.cfg, self.tokenizer, self.model = cfg, tokenizer, model
+        self.loss_fn = LossHead(cfg.loss, temperature=cfg.rollout.temperature or 1.0)
+        self.engine = TrainerEngine(cfg, model, tokenizer)
+        self.with_demos = uses_demonstrations(cfg)
+        self.stats: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------ one step's rows
+    def micro_batches(self, iteration: int) -> List[Dict[str, torch.Tensor]]:
+        cfg, ro, tok = self.cfg, self.cfg.rollout, self.tokenizer
+        dp_rank = parallel_state.get_data_parallel_rank()
+        per_rank = ro.batch_size // parallel_state.get_data_parallel_world_size()
+        problems = arithmetic.problems(cfg.seed, iteration * ro.batch_size + dp_rank * per_rank,
+                                       per_rank)
+        prompt_ids = [[tok.bos_token_id] + tok.encode(p.prompt, add_special_tokens=False)
+                      for p in problems]
+        room = cfg.seq_length + 1 - max(map(len, prompt_ids))
+        sampling = SamplingParams(
+            temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
+            max_new_tokens=min(ro.max_response_len or room, room),
+            eos_token_ids=(tok.eos_token_id,),
+            seed=self.engine.data_parallel_seed(cfg.seed, iteration))
+        samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
+
+        n = ro.n_samples_per_prompt
+        answers = [arithmetic.extract_answer(tok.decode(s.response_token_ids, skip_special_tokens=True))
+                   for s in samples]
+        rewards = torch.tensor([float(a == problems[s.prompt_index].answer)
+                                for a, s in zip(answers, samples)])
+        correct = rewards.view(per_rank, n).sum(dim=1)
+        branch = hpt_branch_coefficients(correct, n, ro.hpt_gate, ro.hpt_mode)
+
+        rollouts = rollout_rows(samples, cfg.seq_length, tok.pad_token_id)
+        rows = self._interleave(rollouts, problems, n)
+        per_row = n + int(self.with_demos)
+        is_demo = torch.zeros(per_rank, per_row, dtype=torch.bool)
+        on_w = branch.on_policy[:, None].expand(per_rank, per_row).clone()
+        sft_w = torch.zeros(per_rank, per_row)
+        demo_rl_w = torch.zeros(per_rank, per_row)
+        all_rewards = rewards.view(per_rank, n)
+        if self.with_demos:
+            is_demo[:, -1] = True
+            on_w[:, -1] = 0.0
+            sft_w[:, -1] = branch.sft
+            demo_rl_w[:, -1] = branch.off_policy
+            all_rewards = torch.cat([all_rewards, torch.ones(per_rank, 1)], dim=1)
+        rows["is_demo"] = is_demo.reshape(-1)
+        if ro.hpt_mode != "off":
+            rows.update(on_policy_weight=on_w.reshape(-1), sft_weight=sft_w.reshape(-1),
+                        demo_rl_weight=demo_rl_w.reshape(-1))
+        group = torch.arange(per_rank)[:, None].expand(per_rank, per_row).reshape(-1)
+        rows["advantages"] = compute_advantages(
+            all_rewards.reshape(-1), group, cfg.loss, is_demo=rows["is_demo"],
+            response_mask=rows["loss_mask"],
+            group=parallel_state.get_data_parallel_group()).float()
+        if cfg.loss.mu_schedule != "none":
+            rows["mu"] = torch.full((per_rank * per_row,), mu_at_step(iteration, cfg.loss))
+
+        self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
+        micro = cfg.micro_batch_size
+        return [{k: v[i:i + micro] for k, v in rows.items()}
+                for i in range(0, per_rank * per_row, micro)]
+
+    def _interleave(self, rollouts, problems, n: int) -> Dict[str, torch.Tensor]:
+        """Per prompt: its n rollout rows, then (if used) its demonstration row."""
+        if not self.with_demos:
+            return rollouts
+        demos = sft_rows(self.tokenizer, [p.prompt for p in problems],
+                         [p.solution for p in problems], self.cfg.seq_length,
+                         source="builtin:arithmetic")
+        demos["old_logprobs"] = torch.zeros_like(demos["loss_mask"])  # π_ref ≡ 1 for demos
+        out = {}
+        for k, v in rollouts.items():
+            grouped = v.view(len(problems), n, *v.shape[1:])
+            out[k] = torch.cat([grouped, demos[k][:, None]], dim=1).flatten(0, 1)
+        return out
+
+    def _record(self, rewards, sft_share: float, lengths, samples) -> None:
+        """Rollout statistics of the step, averaged over DP replicas."""
+        local = torch.tensor([float(rewards.mean()), sft_share, float(lengths.float().mean()),
+                              sum(s.finish_reason == "length" for s in samples) / len(samples)],
+                             dtype=torch.float64)
+        group = parallel_state.get_data_parallel_group()
+        dist.all_reduce(local, group=group)
+        local /= dist.get_world_size(group)
+        self.stats = {"reward": float(local[0]), "sft share": float(local[1]),
+                      "response length": float(local[2]), "truncated": float(local[3])}
+
+    # ------------------------------------------------------------------ the loop's hooks
+    def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:
+        self.loss_fn.attach_normalizers(micro_batches)
+
+    def after_step(self) -> Dict[str, float]:
+        """The optimizer changed the weights: the engine needs them before the next rollouts.
+        Returns the step's rollout statistics for logging."""
+        self.engine.weights_changed()
+        return dict(self.stats)
+
+    def evaluate(self, model, num_problems: int = 64) -> Dict[str, float]:
+        return greedy_accuracy(self.engine, self.cfg, self.tokenizer, num_problems)
+
+    def finish(self, model) -> Dict[str, float]:
+        """End of the run: final evaluation, then the rollout engine is released."""
+        try:
+            return self.evaluate(model)
+        finally:
+            self.engine.shutdown()
