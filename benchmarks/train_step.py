@@ -14,11 +14,13 @@ import statistics
 import subprocess
 import sys
 
-DEMO_MODEL = ["--num-layers", "4", "--hidden-size", "128", "--ffn-hidden-size", "512",
-              "--num-attention-heads", "4", "--num-query-groups", "2", "--seq-length", "64",
+#: the CPU demo's model and SFT batch (examples/cpu_demo.sh, stage 1)
+SEQ, BATCH = 32, 128
+DEMO_MODEL = ["--num-layers", "3", "--hidden-size", "128", "--ffn-hidden-size", "512",
+              "--num-attention-heads", "4", "--num-query-groups", "2", "--seq-length", str(SEQ),
               "--max-position-embeddings", "64", "--normalization", "RMSNorm", "--swiglu",
               "--position-embedding-type", "rope", "--disable-bias-linear",
-              "--micro-batch-size", "32", "--global-batch-size", "64", "--lr", "1e-3"]
+              "--micro-batch-size", "64", "--global-batch-size", str(BATCH), "--lr", "1e-3"]
 
 
 def run(cmd, iters, warmup):
@@ -36,7 +38,7 @@ def main():
     p.add_argument("--iters", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
     a = p.parse_args()
-    tokens = 64 * 64
+    tokens = SEQ * BATCH
     py = [sys.executable]
     tp1 = run(py + ["-m", "megatron_hpt.train"], a.iters, a.warmup)
     tp2 = run(py + ["-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
