@@ -100,7 +100,17 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-iters", type=int, default=100)
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--data-path", default="builtin:arithmetic",
-                   help="builtin:arithmetic (no files needed) or a parquet/JSONL file")
+                   help="builtin:arithmetic (no files needed) or a verl/LUFFY .parquet, a .jsonl or "
+                        "a .json array with prompt / target / reward_model.ground_truth (or "
+                        "prompt / solution / answer)")
+    g.add_argument("--data-skip-bad-rows", action="store_true",
+                   help="skip (and count) unusable rows instead of stopping at the first one")
+    g.add_argument("--eval-data-path", default=None,
+                   help="held-out prompts for --eval-interval (default: held-out builtin problems)")
+    g.add_argument("--reward-type", default=None, choices=("arithmetic", "math"),
+                   help="default: arithmetic for builtin:arithmetic, math (math-verify) for files")
+    g.add_argument("--reward-timeout", type=int, default=5,
+                   help="seconds math-verify may spend parsing / comparing one answer")
     g.add_argument("--use-cpu-initialization", action="store_true",
                    help="initialise full weights on CPU then split (same weights at any TP)")
 
@@ -230,7 +240,15 @@ class TrainingConfig:
     use_cpu_initialization: bool = False
     """Initialise full weights on CPU then split (TP-invariant initial weights)."""
     data_path: str = "builtin:arithmetic"
-    """Training data source."""
+    """Training data source: builtin:arithmetic or a .parquet / .jsonl / .json file."""
+    data_skip_bad_rows: bool = False
+    """Skip and count unusable data rows instead of raising on the first."""
+    eval_data_path: Optional[str] = None
+    """Held-out prompts for evaluation (None: held-out builtin problems)."""
+    reward_type: Optional[str] = None
+    """arithmetic | math (None: by data source)."""
+    reward_timeout: int = 5
+    """Seconds math-verify may spend per answer."""
     hf_model: Optional[str] = None
     """HF model directory the shape (and tokenizer) came from."""
     lr: float = 1e-4
@@ -444,6 +462,8 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         train_iters=args.train_iters, seed=args.seed,
         use_cpu_initialization=args.use_cpu_initialization or not cuda_available(),
         data_path=args.data_path, hf_model=args.hf_model,
+        data_skip_bad_rows=args.data_skip_bad_rows, eval_data_path=args.eval_data_path,
+        reward_type=args.reward_type, reward_timeout=args.reward_timeout,
         lr=args.lr, min_lr=args.min_lr, lr_decay_style=args.lr_decay_style,
         lr_warmup_iters=args.lr_warmup_iters, lr_decay_iters=args.lr_decay_iters,
         optimizer=args.optimizer, weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,

@@ -20,7 +20,7 @@ from megatron_hpt.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_hpt.training.logging import MetricsLogger, format_iteration_line, is_logging_rank
 from megatron_hpt.training.setup import build_model, build_optimizer
 from megatron_hpt.training.step import train_step
-from megatron_hpt.training.tasks import build_task
+from megatron_hpt.training.tasks import build_task, read_training_prompts
 
 
 def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
@@ -29,6 +29,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
     world = distributed.world_from_env()
     tokenizer = load_tokenizer(args.hf_model or "builtin:char")
     cfg = build_config(args, world.world_size, tokenizer_vocab_size=len(tokenizer))
+    prompts = read_training_prompts(cfg, tokenizer)  # bad data stops here, before allocation
 
     distributed.initialize(cfg.parallel.tensor_model_parallel_size,
                            cfg.parallel.pipeline_model_parallel_size,
@@ -39,7 +40,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
     if cfg.load:
         start = load_checkpoint(cfg.load, model, None if cfg.no_load_optim else optimizer,
                                 scheduler, finetune=cfg.finetune)
-    task = build_task(cfg, tokenizer, model)
+    task = build_task(cfg, tokenizer, model, prompts)
     logger = MetricsLogger(cfg.tensorboard_dir, cfg.log_interval)
 
     history, skipped_total = [], 0

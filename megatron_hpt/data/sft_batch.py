@@ -6,19 +6,21 @@ solution or <eos> tokens. Over-long rows are an error naming the row (never sile
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Union
 
 import torch
 
 
-def sft_rows(tokenizer, prompts: Sequence[str], solutions: Sequence[str], seq_length: int,
-             source: str = "<batch>") -> Dict[str, torch.Tensor]:
-    """Returns tokens/labels/loss_mask/position_ids, each [N, seq_length]."""
+def sft_rows(tokenizer, prompts: Sequence[Union[str, List[int]]], solutions: Sequence[str],
+             seq_length: int, source: str = "<batch>") -> Dict[str, torch.Tensor]:
+    """Returns tokens/labels/loss_mask/position_ids, each [N, seq_length]. A prompt is text
+    (BOS + its tokens) or already token ids (e.g. rendered with a chat template)."""
     n = len(prompts)
     rows = torch.full((n, seq_length + 1), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((n, seq_length + 1), dtype=torch.float32)
     for i, (p, s) in enumerate(zip(prompts, solutions)):
-        p_ids = [tokenizer.bos_token_id] + tokenizer.encode(p, add_special_tokens=False)
+        p_ids = list(p) if not isinstance(p, str) else \
+            [tokenizer.bos_token_id] + tokenizer.encode(p, add_special_tokens=False)
         s_ids = tokenizer.encode(s, add_special_tokens=False) + [tokenizer.eos_token_id]
         ids = p_ids + s_ids
         if len(ids) > seq_length + 1:

@@ -2,12 +2,13 @@
 
 Used by every loss preset but ``sft``. One optimizer step, on each data-parallel replica:
 
-    prompts      this replica's --rollout-batch-size / DP problems of the step
+    prompts      this replica's --rollout-batch-size / DP prompts of the step (data/prompts.py)
     rollouts     --n-samples-per-prompt samples each from the rollout engine, with the log-prob
                  of every sampled token (the old log-probs: one update per rollout batch, so
                  π_old is the policy that sampled; the embedded engine's log-probs equal the
                  training forward to fp32 round-off, tested in tests/rollout)
-    rewards      1 if the answer after '#' equals the ground truth, else 0
+    rewards      1 for a correct final answer, else 0 (rewards/: builtin exact match, or
+                 math-verify for data files)
     gate         HPT: per prompt, from its number of correct rollouts (hybrid/hpt_gate.py)
     advantages   compute_advantages over each prompt's group (demonstration inside the group
                  for mixed-group presets such as LUFFY)
@@ -25,15 +26,16 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_hpt.arguments import ConfigError, TrainingConfig, uses_demonstrations
-from megatron_hpt.data import arithmetic
+from megatron_hpt.arguments import TrainingConfig, uses_demonstrations
+from megatron_hpt.data.prompts import PromptSource
 from megatron_hpt.data.sft_batch import sft_rows
 from megatron_hpt.hybrid import hpt_branch_coefficients
 from megatron_hpt.loss import compute_advantages, mu_at_step
 from megatron_hpt.rollout import SamplingParams
+from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rollout.trainer_engine import TrainerEngine
 from megatron_hpt.training.loss_head import LossHead
-from megatron_hpt.training.tasks import EVAL_SEED_OFFSET, greedy_accuracy
+from megatron_hpt.training.tasks import greedy_accuracy
 
 
 def rollout_rows(samples, seq_length: int, pad_token_id: int) -> Dict[str, torch.Tensor]:
@@ -59,16 +61,14 @@ def rollout_rows(samples, seq_length: int, pad_token_id: int) -> Dict[str, torch
 
 
 class RlTask:
-    """Rollouts on the built-in arithmetic task, trained with any RL or hybrid preset."""
+    """Rollouts on a prompt source, trained with any RL or hybrid preset."""
 
-    def __init__(self, cfg: TrainingConfig, tokenizer, model):
-        if cfg.data_path != "builtin:arithmetic":
-            raise ConfigError(f"--data-path {cfg.data_path!r}: the RL task currently reads "
-                              "builtin:arithmetic")
-        self.cfg, self.tokenizer, self.model = cfg, tokenizer, model
+    def __init__(self, cfg: TrainingConfig, tokenizer, model, source: PromptSource):
+        self.cfg, self.tokenizer, self.model, self.source = cfg, tokenizer, model, source
+        self.with_demos = uses_demonstrations(cfg)
+        self.reward = reward_fn(cfg.reward_type or self.source.default_reward, cfg.reward_timeout)
         self.loss_fn = LossHead(cfg.loss, temperature=cfg.rollout.temperature or 1.0)
         self.engine = TrainerEngine(cfg, model, tokenizer)
-        self.with_demos = uses_demonstrations(cfg)
         self.stats: Dict[str, float] = {}
 
     # ------------------------------------------------------------------ one step's rows
@@ -76,11 +76,12 @@ class RlTask:
         cfg, ro, tok = self.cfg, self.cfg.rollout, self.tokenizer
         dp_rank = parallel_state.get_data_parallel_rank()
         per_rank = ro.batch_size // parallel_state.get_data_parallel_world_size()
-        problems = arithmetic.problems(cfg.seed, iteration * ro.batch_size + dp_rank * per_rank,
-                                       per_rank)
-        prompt_ids = [[tok.bos_token_id] + tok.encode(p.prompt, add_special_tokens=False)
-                      for p in problems]
+        problems = self.source.items(iteration * ro.batch_size + dp_rank * per_rank, per_rank)
+        prompt_ids = [p.prompt_ids for p in problems]
         room = cfg.seq_length + 1 - max(map(len, prompt_ids))
+        if room < 1:
+            raise ValueError(f"{cfg.data_path}: a prompt of iteration {iteration} is "
+                             f"{max(map(len, prompt_ids))} tokens, longer than --seq-length")
         sampling = SamplingParams(
             temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
             max_new_tokens=min(ro.max_response_len or room, room),
@@ -89,10 +90,8 @@ class RlTask:
         samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
 
         n = ro.n_samples_per_prompt
-        answers = [arithmetic.extract_answer(tok.decode(s.response_token_ids, skip_special_tokens=True))
-                   for s in samples]
-        rewards = torch.tensor([float(a == problems[s.prompt_index].answer)
-                                for a, s in zip(answers, samples)])
+        rewards = torch.tensor([self.reward(tok.decode(s.response_token_ids, skip_special_tokens=True),
+                                            problems[s.prompt_index].answer) for s in samples])
         correct = rewards.view(per_rank, n).sum(dim=1)
         branch = hpt_branch_coefficients(correct, n, ro.hpt_gate, ro.hpt_mode)
 
@@ -131,9 +130,9 @@ class RlTask:
         """Per prompt: its n rollout rows, then (if used) its demonstration row."""
         if not self.with_demos:
             return rollouts
-        demos = sft_rows(self.tokenizer, [p.prompt for p in problems],
-                         [p.solution for p in problems], self.cfg.seq_length,
-                         source="builtin:arithmetic")
+        demos = sft_rows(self.tokenizer, [p.prompt_ids for p in problems],
+                         [p.demonstration for p in problems], self.cfg.seq_length,
+                         source=self.cfg.data_path)
         demos["old_logprobs"] = torch.zeros_like(demos["loss_mask"])  # π_ref ≡ 1 for demos
         out = {}
         for k, v in rollouts.items():

