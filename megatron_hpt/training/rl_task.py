@@ -118,13 +118,14 @@ class RlTask:
             all_rewards.reshape(-1), group, cfg.loss, is_demo=rows["is_demo"],
             response_mask=rows["loss_mask"],
             group=parallel_state.get_data_parallel_group()).float()
-        if cfg.loss.mu_schedule != "none":
-            rows["mu"] = torch.full((per_rank * per_row,), mu_at_step(iteration, cfg.loss))
-
         self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
         micro = cfg.micro_batch_size
-        return [{k: v[i:i + micro] for k, v in rows.items()}
-                for i in range(0, per_rank * per_row, micro)]
+        micro_batches = [{k: v[i:i + micro] for k, v in rows.items()}
+                         for i in range(0, per_rank * per_row, micro)]
+        if cfg.loss.mu_schedule != "none":  # CHORD's SFT mixing weight of this step (a scalar)
+            for mb in micro_batches:
+                mb["mu"] = mu_at_step(iteration, cfg.loss)
+        return micro_batches
 
     def _interleave(self, rollouts, problems, n: int) -> Dict[str, torch.Tensor]:
         """Per prompt: its n rollout rows, then (if used) its demonstration row."""

@@ -47,22 +47,7 @@ def train(argv: list) -> list:
 
 def full_weights(ckpt_root: str) -> dict:
     """Rank entry point (one process): load a checkpoint at TP1/PP1 and return its full weights."""
-    from megatron_hpt.arguments import build_config, build_parser
-    from megatron_hpt.data.tokenizer import build_char_tokenizer
-    from megatron_hpt.training import distributed
-    from megatron_hpt.training.checkpoint import load_checkpoint
-    from megatron_hpt.training.setup import build_model
-
-    args = build_parser().parse_args(TINY_MODEL + TRAIN)
-    cfg = build_config(args, 1, tokenizer_vocab_size=len(build_char_tokenizer()))
-    distributed.initialize(seed=cfg.seed)
-    try:
-        model = build_model(cfg)
-        load_checkpoint(ckpt_root, model, finetune=True)
-        return {k: v.detach().clone() for k, v in model[0].module.state_dict().items()
-                if not k.endswith("_extra_state")}
-    finally:
-        distributed.destroy()
+    return many_full_weights([ckpt_root])[0]
 
 
 def synthetic_rl_batch(preset_name: str, seq_length: int = 32, vocab: int = 80, seed: int = 3) -> dict:

@@ -144,6 +144,45 @@ def test_grpo_rows_have_no_demonstrations():
     assert rows["advantages"][4:].abs().max() == 0  # all-correct and all-wrong groups
 
 
+def losses_of_one_step(presets):
+    """Rank entry point: for each preset, the task's rows through the loss head on fixed random
+    logits; returns {preset: (loss summed over micro-batches, metric names)}."""
+    from megatron_hpt.data import arithmetic
+    from megatron_hpt.training import distributed
+    out = {}
+    for name in presets:
+        try:
+            task, cfg, tok = _rl_task(name, ["--micro-batch-size", "1"])
+            from megatron_hpt.training.loss_head import LossHead
+            task.loss_fn = LossHead(cfg.loss)
+            problems = arithmetic.problems(cfg.seed, 0, 3)
+            task.engine = ScriptedEngine(tok, [p.answer for p in problems], [0, 2, 4])
+            mbs = task.micro_batches(0)
+            task.attach_normalizers(mbs)
+            g = torch.Generator().manual_seed(0)
+            total, names = 0.0, set()
+            for mb in mbs:
+                logits = torch.randn(*mb["tokens"].shape, cfg.shape.vocab_size, generator=g)
+                loss, _, metrics = task.loss_fn(logits, mb)
+                total += float(loss)
+                names |= set(metrics)
+            out[name] = (total, names)
+        finally:
+            distributed.destroy()
+    return out
+
+
+def test_every_rl_preset_trains_on_the_task_rows():
+    from megatron_hpt.loss import preset_names
+    presets = [p for p in preset_names() if p != "sft"]
+    (out,) = run_distributed(losses_of_one_step, 1, presets)
+    for name in presets:
+        total, names = out[name]
+        assert math.isfinite(total) and total != 0.0, (name, total)
+        assert "lm loss" in names
+    assert "mu" in out["chord_mu"][1]  # the schedule's μ reached the loss
+
+
 # --------------------------------------------------------------------------- end to end
 
 HPT_RUN = [
