@@ -148,6 +148,10 @@ def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rollout-top-k", type=int, default=0, help="0 = off")
     g.add_argument("--rollout-max-response-len", type=int, default=None,
                    help="max new tokens per rollout (default: what --seq-length leaves)")
+    g.add_argument("--rollout-logprobs", default="auto", choices=("auto", "engine", "recompute"),
+                   help="old log-probs: the engine's sampled-token log-probs, or one forward pass "
+                        "of the training model (auto: recompute for vllm, whose kernels and "
+                        "precision differ from training; engine for embedded, the same model)")
     g.add_argument("--hpt-gate", type=int, default=0,
                    help="HPT switch mode: a prompt with <= this many correct rollouts takes the "
                         "SFT branch (0 for Qwen, 2 for Llama in the paper)")
@@ -213,6 +217,9 @@ class RolloutConfig:
     """HPT switch mode: prompts with at most this many correct rollouts take the SFT branch."""
     hpt_mode: str = "switch"
     """switch | soft | off (see megatron_hpt.hybrid.hpt_gate)."""
+    old_logprobs: str = "engine"
+    """engine (sampled-token log-probs reported by the engine) or recompute (a forward pass of
+    the training model before the update)."""
 
 
 @dataclass
@@ -477,7 +484,9 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
                               args.rollout_temperature, args.rollout_top_p, args.rollout_top_k,
                               args.rollout_max_response_len, args.hpt_gate,
                               args.hpt_mode or ("switch" if args.loss_preset.startswith("hpt")
-                                                else "off")),
+                                                else "off"),
+                              old_logprobs=("recompute" if args.rollout_engine == "vllm" else "engine")
+                              if args.rollout_logprobs == "auto" else args.rollout_logprobs),
     )
     if args.loss_preset != "sft" and args.global_batch_size is None:
         # the RL task's rows: n rollouts (+ one demonstration) per prompt

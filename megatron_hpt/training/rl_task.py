@@ -4,9 +4,12 @@ Used by every loss preset but ``sft``. One optimizer step, on each data-parallel
 
     prompts      this replica's --rollout-batch-size / DP prompts of the step (data/prompts.py)
     rollouts     --n-samples-per-prompt samples each from the rollout engine, with the log-prob
-                 of every sampled token (the old log-probs: one update per rollout batch, so
-                 π_old is the policy that sampled; the embedded engine's log-probs equal the
-                 training forward to fp32 round-off, tested in tests/rollout)
+                 of every sampled token
+    old logprobs one update per rollout batch, so π_old is the policy that sampled: the engine's
+                 log-probs (embedded engine: the training model itself, equal to fp32
+                 round-off, tested in tests/rollout) or, by default for vLLM, one forward pass
+                 of the training model (--rollout-logprobs recompute); the mean gap between the
+                 two is logged as `rollout logprob gap`
     rewards      1 for a correct final answer, else 0 (rewards/: builtin exact match, or
                  math-verify for data files)
     gate         HPT: per prompt, from its number of correct rollouts (hybrid/hpt_gate.py)
@@ -35,6 +38,7 @@ from megatron_hpt.rollout import SamplingParams
 from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rollout.trainer_engine import TrainerEngine
 from megatron_hpt.training.loss_head import LossHead
+from megatron_hpt.training.step import forward_logprobs
 from megatron_hpt.training.tasks import greedy_accuracy
 
 
@@ -70,6 +74,7 @@ class RlTask:
         self.loss_fn = LossHead(cfg.loss, temperature=cfg.rollout.temperature or 1.0)
         self.engine = TrainerEngine(cfg, model, tokenizer)
         self.stats: Dict[str, float] = {}
+        self.stats_extra: Dict[str, float] = {}
 
     # ------------------------------------------------------------------ one step's rows
     def micro_batches(self, iteration: int) -> List[Dict[str, torch.Tensor]]:
@@ -118,14 +123,32 @@ class RlTask:
             all_rewards.reshape(-1), group, cfg.loss, is_demo=rows["is_demo"],
             response_mask=rows["loss_mask"],
             group=parallel_state.get_data_parallel_group()).float()
-        self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
         micro = cfg.micro_batch_size
         micro_batches = [{k: v[i:i + micro] for k, v in rows.items()}
                          for i in range(0, per_rank * per_row, micro)]
+        if ro.old_logprobs == "recompute":
+            self._recompute_old_logprobs(micro_batches)
+        self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
         if cfg.loss.mu_schedule != "none":  # CHORD's SFT mixing weight of this step (a scalar)
             for mb in micro_batches:
                 mb["mu"] = mu_at_step(iteration, cfg.loss)
         return micro_batches
+
+    def _recompute_old_logprobs(self, micro_batches) -> None:
+        """Replace the engine's log-probs by the training model's (last pipeline stage, where the
+        loss runs) and log the mean absolute gap over rollout tokens."""
+        fresh = forward_logprobs(self.model, micro_batches, self.cfg.seq_length,
+                                 self.cfg.rollout.temperature or 1.0)
+        if not fresh:
+            return
+        gap = torch.zeros(2, dtype=torch.float64)
+        for mb, logprobs in zip(micro_batches, fresh):
+            rollout_tokens = mb["loss_mask"] * (~mb["is_demo"])[:, None].float()
+            gap += torch.stack([((logprobs - mb["old_logprobs"]).abs() * rollout_tokens).sum(),
+                                rollout_tokens.sum()]).double()
+            mb["old_logprobs"] = logprobs * mb["loss_mask"]
+        dist.all_reduce(gap, group=parallel_state.get_data_parallel_group())
+        self.stats_extra = {"rollout logprob gap": float(gap[0] / gap[1].clamp(min=1))}
 
     def _interleave(self, rollouts, problems, n: int) -> Dict[str, torch.Tensor]:
         """Per prompt: its n rollout rows, then (if used) its demonstration row."""
@@ -151,6 +174,7 @@ class RlTask:
         local /= dist.get_world_size(group)
         self.stats = {"reward": float(local[0]), "sft share": float(local[1]),
                       "response length": float(local[2]), "truncated": float(local[3])}
+        self.stats.update(self.stats_extra)
 
     # ------------------------------------------------------------------ the loop's hooks
     def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:

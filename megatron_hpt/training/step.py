@@ -99,6 +99,45 @@ def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_f
     return reduce_metrics(outputs, additive)
 
 
+def _logprob_forward_step(temperature: float, data_iterator, model):
+    """forward_step_func of ``forward_logprobs``: per-token log-probs of the labels."""
+    batch = next(data_iterator)
+    logits = model(batch["tokens"], batch["position_ids"], None)
+
+    def collect(output, non_loss_data=True):
+        from megatron_hpt.loss import vocab_parallel_logprob_entropy
+        logprobs, _ = vocab_parallel_logprob_entropy(
+            output, batch["labels"], temperature=temperature,
+            group=parallel_state.get_tensor_model_parallel_group(), with_entropy=False)
+        return logprobs.detach().float()
+    return logits, collect
+
+
+def forward_logprobs(model, micro_batches: List[Dict[str, torch.Tensor]], seq_length: int,
+                     temperature: float = 1.0) -> List[torch.Tensor]:
+    """Per-token log-probs of ``labels`` under the current weights, one [b, s] tensor per
+    micro-batch, through megatron's schedule in forward-only mode (any TP/PP). Returned on the
+    last pipeline stage (the only stage that computes the loss); [] elsewhere.
+
+    What moves: the pipeline's activations (as in training) and the TP all-reduces of the
+    vocab-parallel log-prob; no gradient, no optimizer state."""
+    was_training = [chunk.training for chunk in model]
+    for chunk in model:
+        chunk.eval()
+    try:
+        with torch.no_grad():
+            out = get_forward_backward_func()(
+                forward_step_func=partial(_logprob_forward_step, temperature),
+                data_iterator=iter(micro_batches), model=model,
+                num_microbatches=len(micro_batches), seq_length=seq_length,
+                micro_batch_size=micro_batches[0]["tokens"].shape[0],
+                forward_only=True, collect_non_loss_data=True)
+    finally:
+        for chunk, flag in zip(model, was_training):
+            chunk.train(flag)
+    return list(out) if parallel_state.is_pipeline_last_stage(ignore_virtual=True) else []
+
+
 def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_length: int
                ) -> Dict[str, float]:
     """One optimizer step: zero grads, forward/backward all micro-batches, clip, update, LR step.
