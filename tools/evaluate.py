@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Evaluate a policy on benchmarks: avg@k and pass@k (megatron_hpt/eval/evaluate.py).
+
+    python tools/evaluate.py --load runs/cpu_demo/hpt --benchmark builtin:arithmetic \\
+        --n-samples 8 --temperature 0.6 --top-p 0.95 --max-new-tokens 32
+    python tools/evaluate.py --hf-model Qwen2.5-Math-7B --engine vllm \\
+        --benchmark AIME24.json --benchmark MATH-500.json --n-samples 32 --max-new-tokens 8192
+    torchrun --nproc-per-node 2 tools/evaluate.py --load CKPT --engine embedded ...   # TP = 2
+"""
+import argparse
+import os
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", default=None, help="Megatron checkpoint dir (training or converter output)")
+    p.add_argument("--hf-model", default=None, help="Hugging Face model dir (weights unless --load; "
+                                                     "tokenizer and chat template)")
+    p.add_argument("--benchmark", action="append", required=True,
+                   help="builtin:arithmetic, or a .json / .jsonl / .parquet file; repeatable")
+    p.add_argument("--engine", default="embedded", choices=("embedded", "vllm"))
+    p.add_argument("--n-samples", type=int, default=1, help="samples per problem (k of avg@k)")
+    p.add_argument("--pass-k", default="1", help="comma-separated k for pass@k (k <= n-samples)")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=8192)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reward-type", default=None, choices=("arithmetic", "math"),
+                   help="default: arithmetic for builtin:arithmetic, math (math-verify) for files")
+    p.add_argument("--prompt-format", default="auto", choices=("auto", "chat", "raw"),
+                   help="auto: the tokenizer's chat template when it has one")
+    p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
+    p.add_argument("--output", default=None, help="write metrics and per-sample correctness (JSON)")
+    a = p.parse_args(argv)
+    if not a.load and not a.hf_model:
+        p.error("give --load CKPT and/or --hf-model DIR")
+    if a.engine == "vllm" and not a.hf_model and not a.load:
+        p.error("--engine vllm needs --hf-model or --load")
+
+    from megatron_hpt.data.records import DataError
+    from megatron_hpt.eval import evaluate as ev
+    from megatron_hpt.rewards import reward_fn
+    from megatron_hpt.rollout import SamplingParams, build_engine
+    from megatron_hpt.training import distributed
+
+    tokenizer = ev.load_tokenizer_for(a.load, a.hf_model)
+    chat = a.prompt_format == "chat" or (a.prompt_format == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+    try:
+        benchmarks = {b: ev.benchmark_items(b, tokenizer, chat, a.limit) for b in a.benchmark}
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    world = distributed.world_from_env()
+    distributed.initialize(world.world_size, 1, seed=a.seed)
+    try:
+        longest = max(len(it.prompt_ids) for items in benchmarks.values() for it in items)
+        if a.engine == "vllm" and a.hf_model and not a.load:
+            engine = build_engine("vllm", hf_dir=a.hf_model, tensor_parallel_size=world.world_size,
+                                  seed=a.seed, max_model_len=longest + a.max_new_tokens)
+        else:
+            model, shape = ev.build_megatron_policy(a.load, a.hf_model, world.world_size)
+            if a.engine == "embedded":
+                engine = build_engine("embedded", model=model, pad_token_id=tokenizer.pad_token_id or 0)
+            else:
+                engine = _vllm_from_megatron(model, shape, tokenizer, world.world_size, a, longest)
+        sampling = SamplingParams(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+                                  max_new_tokens=a.max_new_tokens, seed=a.seed,
+                                  eos_token_ids=(tokenizer.eos_token_id,))
+        ks = [int(k) for k in a.pass_k.split(",") if k.strip()] + [a.n_samples]
+        results = []
+        for name, items in benchmarks.items():
+            grade = reward_fn(a.reward_type or ("arithmetic" if name == "builtin:arithmetic" else "math"))
+            label = os.path.basename(name)
+            results.append(ev.evaluate_items(engine, tokenizer, items, a.n_samples, sampling,
+                                             grade, ks, label))
+        if distributed.dist.get_rank() == 0:
+            print(ev.format_table(results), flush=True)
+            if a.output:
+                ev.write_results(results, a.output)
+    finally:
+        distributed.destroy()
+    return 0
+
+
+def _vllm_from_megatron(model, shape, tokenizer, tp, a, longest):
+    """vLLM started from the HF config with dummy weights, then fed the checkpoint's weights."""
+    import json
+    import tempfile
+    from megatron_hpt.models.hf_config import hf_config_from_shape
+    from megatron_hpt.rollout import build_engine
+    from megatron_hpt.rollout.weights import export_hf_weights
+    hf_dir = a.hf_model
+    if hf_dir is None:
+        hf_dir = tempfile.mkdtemp(prefix="megatron_hpt_eval_vllm_")
+        with open(os.path.join(hf_dir, "config.json"), "w") as f:
+            json.dump(hf_config_from_shape(shape, base=dict(
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)), f)
+    engine = build_engine("vllm", hf_dir=hf_dir, tensor_parallel_size=tp, seed=a.seed,
+                          max_model_len=longest + a.max_new_tokens, load_format="dummy",
+                          dtype="float32", enforce_eager=True)
+    engine.update_weights(export_hf_weights([model], shape, 512))
+    return engine
+
+
+if __name__ == "__main__":
+    sys.exit(main())
