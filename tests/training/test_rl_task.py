@@ -86,6 +86,7 @@ def _rl_task(preset_name, extra=()):
     from megatron_hpt.data.prompts import PromptSource
     from megatron_hpt.rewards import arithmetic_reward
     task.with_demos, task.stats, task.stats_extra = uses_demonstrations(cfg), {}, {}
+    task.updates, task._rollout_index, task._mini_batches = 1, None, []
     task.source, task.reward = PromptSource(cfg.data_path, tok, cfg.seed), arithmetic_reward
     return task, cfg, tok
 
@@ -221,6 +222,20 @@ def test_vllm_engine_in_the_loop_matches_embedded():
     # vLLM's old log-probs are recomputed by the training model (the default for vllm); the
     # logged gap to vLLM's own is fp32 round-off when the weights were streamed correctly
     assert all(m["rollout logprob gap"] < 1e-4 for m in got), [m.get("rollout logprob gap") for m in got]
+
+
+def test_two_updates_per_rollout_batch():
+    """--global-batch-size = half the rollout rows: two optimizer steps share one rollout batch
+    (same rollout statistics); the first step's ratio is 1, the second's is not (the policy
+    moved), and its old log-probs are still the sampling policy's."""
+    args = HPT_RUN + ["--global-batch-size", "8", "--train-iters", "4", "--hpt-mode", "off",
+                      "--lr", "3e-3"]
+    got = run_distributed(train, 1, args)[0]
+    assert len(got) == 4
+    assert got[0]["reward"] == got[1]["reward"] and got[0]["response length"] == got[1]["response length"]
+    assert got[0]["ratio_max"] == pytest.approx(1.0, abs=1e-5)
+    assert got[0]["ratio_min"] == pytest.approx(1.0, abs=1e-5)
+    assert abs(got[1]["ratio_max"] - 1.0) > 1e-4 or abs(got[1]["ratio_min"] - 1.0) > 1e-4
 
 
 def test_recomputed_old_logprobs_equal_the_embedded_engines():
