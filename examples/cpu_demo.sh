@@ -4,7 +4,7 @@
 #   stage 2  HPT from that checkpoint: 4 rollouts per prompt from the embedded engine, 0/1 reward,
 #            the gate sends prompts with no correct rollout to SFT on their demonstration and the
 #            others to RL; watch `sft share` fall and `reward` rise. The RL term is Σ/L_max as
-#            released; L_max is set to this task's longest response (32), not the paper's 8192.
+#            released; L_max follows --rollout-max-response-len (26 here; the paper: 8192).
 # Extra flags go to both stages, e.g. `bash examples/cpu_demo.sh --seed 3`.
 # Multi-process: prefix with `torchrun --nproc-per-node 2 -m` instead of `python -m` and add
 # --tensor-model-parallel-size 2 (see README).
@@ -25,6 +25,6 @@ echo "== stage 2: HPT (gate 0, switch mode, as released) =="
 python -m megatron_hpt.train "${MODEL[@]}" --loss-preset hpt \
   --load "$OUT/sft" --finetune --no-load-optim \
   --rollout-batch-size 16 --n-samples-per-prompt 4 --rollout-temperature 1.0 \
-  --micro-batch-size 40 --train-iters 120 --lr 5e-4 --lr-warmup-iters 10 --eval-interval 40 \
-  --loss-max-response-length 32 \
+  --micro-batch-size 40 --train-iters 120 --lr 3e-4 --lr-warmup-iters 10 --eval-interval 40 \
+  --rollout-max-response-len 26 \
   --save "$OUT/hpt" --tensorboard-dir "$OUT/tb_hpt" "$@"

@@ -461,6 +461,10 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
     from megatron_hpt.loss.cli import loss_config_from_args
     try:
         loss_cfg = loss_config_from_args(args)
+        if args.rollout_max_response_len and args.loss_max_response_length is None:
+            # L_max of the Σ/L_max aggregations is the run's max response length (verl's
+            # data.max_response_length); the presets' 8192 is the papers' value
+            loss_cfg = loss_cfg.replace(max_response_length=args.rollout_max_response_len)
     except (ValueError, KeyError) as e:
         raise ConfigError(str(e)) from e
     cfg = TrainingConfig(
