@@ -147,7 +147,9 @@ class RlTask:
         mini_batches = [[{k: v[i:i + micro] for k, v in rows.items()}
                          for i in range(start, start + rows_per_update, micro)]
                         for start in range(0, per_rank * per_row, rows_per_update)]
-        if ro.old_logprobs == "recompute":
+        if ro.old_logprobs == "recompute" or self.updates > 1:
+            # with several updates the head's own entropy would be the moved policy's: take
+            # π_old's log-probs and entropy before the first update
             self._recompute_old_logprobs([mb for mini in mini_batches for mb in mini])
         self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
         return mini_batches
@@ -160,11 +162,12 @@ class RlTask:
         if not fresh:
             return
         gap = torch.zeros(2, dtype=torch.float64)
-        for mb, logprobs in zip(micro_batches, fresh):
+        for mb, (logprobs, entropy) in zip(micro_batches, fresh):
             rollout_tokens = mb["loss_mask"] * (~mb["is_demo"])[:, None].float()
             gap += torch.stack([((logprobs - mb["old_logprobs"]).abs() * rollout_tokens).sum(),
                                 rollout_tokens.sum()]).double()
             mb["old_logprobs"] = logprobs * mb["loss_mask"]
+            mb["old_entropy"] = entropy  # EGSPO's gate and SRFT's weights read π_old's entropy
         dist.all_reduce(gap, group=parallel_state.get_data_parallel_group())
         self.stats_extra = {"rollout logprob gap": float(gap[0] / gap[1].clamp(min=1))}
 

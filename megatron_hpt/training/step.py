@@ -100,24 +100,24 @@ def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_f
 
 
 def _logprob_forward_step(temperature: float, data_iterator, model):
-    """forward_step_func of ``forward_logprobs``: per-token log-probs of the labels."""
+    """forward_step_func of ``forward_logprobs``: per-token log-probs of the labels and entropy."""
     batch = next(data_iterator)
     logits = model(batch["tokens"], batch["position_ids"], None)
 
     def collect(output, non_loss_data=True):
         from megatron_hpt.loss import vocab_parallel_logprob_entropy
-        logprobs, _ = vocab_parallel_logprob_entropy(
+        logprobs, entropy = vocab_parallel_logprob_entropy(
             output, batch["labels"], temperature=temperature,
-            group=parallel_state.get_tensor_model_parallel_group(), with_entropy=False)
-        return logprobs.detach().float()
+            group=parallel_state.get_tensor_model_parallel_group(), with_entropy=True)
+        return logprobs.detach().float(), entropy.detach().float()
     return logits, collect
 
 
 def forward_logprobs(model, micro_batches: List[Dict[str, torch.Tensor]], seq_length: int,
-                     temperature: float = 1.0) -> List[torch.Tensor]:
-    """Per-token log-probs of ``labels`` under the current weights, one [b, s] tensor per
-    micro-batch, through megatron's schedule in forward-only mode (any TP/PP). Returned on the
-    last pipeline stage (the only stage that computes the loss); [] elsewhere.
+                     temperature: float = 1.0) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Per-token (log-prob of ``labels``, entropy) under the current weights, two [b, s] tensors
+    per micro-batch, through megatron's schedule in forward-only mode (any TP/PP). Returned on
+    the last pipeline stage (the only stage that computes the loss); [] elsewhere.
 
     What moves: the pipeline's activations (as in training) and the TP all-reduces of the
     vocab-parallel log-prob; no gradient, no optimizer state."""
