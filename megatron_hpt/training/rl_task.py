@@ -31,7 +31,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_hpt.arguments import TrainingConfig, rows_per_rollout, uses_demonstrations
+from megatron_hpt.arguments import TrainingConfig
+from megatron_hpt.rollout.config import rows_per_rollout, uses_demonstrations
 from megatron_hpt.data.prompts import PromptSource
 from megatron_hpt.data.sft_batch import sft_rows
 from megatron_hpt.hybrid import hpt_branch_coefficients

@@ -112,7 +112,7 @@ class SftTask:
 def read_training_prompts(cfg: TrainingConfig, tokenizer) -> PromptSource:
     """The run's prompt source, read and checked before anything is allocated (ConfigError
     naming file, row and field for a bad row)."""
-    from megatron_hpt.arguments import uses_demonstrations
+    from megatron_hpt.rollout.config import uses_demonstrations
     need = cfg.loss_preset == "sft" or uses_demonstrations(cfg)
     source = prompt_source(cfg, tokenizer, cfg.data_path, cfg.seed, need_demonstrations=need)
     if cfg.eval_data_path:

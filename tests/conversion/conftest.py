@@ -1,5 +1,4 @@
 """Session fixtures: one tiny HF model per variant, converted once to a Megatron save dir."""
-import os
 
 import pytest
 

@@ -82,7 +82,7 @@ def _rl_task(preset_name, extra=()):
     distributed.initialize(seed=cfg.seed)
     task = RlTask.__new__(RlTask)  # rows only: no model, the engine is scripted
     task.cfg, task.tokenizer, task.model = cfg, tok, None  # noqa: the constructor's fields
-    from megatron_hpt.arguments import uses_demonstrations
+    from megatron_hpt.rollout.config import uses_demonstrations
     from megatron_hpt.data.prompts import PromptSource
     from megatron_hpt.rewards import arithmetic_reward
     task.with_demos, task.stats, task.stats_extra = uses_demonstrations(cfg), {}, {}
