@@ -111,10 +111,6 @@ def rl_config_errors(cfg, pp: int, dp: int) -> List[str]:
                       f"or that divided by a number of updates that divides each DP rank's "
                       f"prompts (mini-batches of whole groups of {per_prompt} rows); drop the "
                       f"flag for one update per rollout batch")
-    if cfg.loss.kl_coef > 0:
-        errors.append(f"--loss-kl-coef {cfg.loss.kl_coef}: the RL task keeps no reference "
-                      "model yet, so there are no reference log-probs for a KL term; use "
-                      "--loss-kl-coef 0 (the HPT, LUFFY and GRPO presets' default)")
     if ro.hpt_mode == "soft" and cfg.loss.demo_rl_coef == 0:
         errors.append("--hpt-mode soft trains the demonstrations off-policy too: add "
                       "--loss-demo-rl-coef 1")

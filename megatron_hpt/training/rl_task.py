@@ -15,6 +15,8 @@ batch, on each data-parallel replica:
     rewards      1 for a correct final answer, else 0 (rewards/: builtin exact match, or
                  math-verify for data files)
     gate         HPT: per prompt, from its number of correct rollouts (hybrid/hpt_gate.py)
+    reference    with a KL term (--loss-kl-coef > 0): log-probs of a frozen copy of the
+                 starting policy (as loss, k1/k2/k3, or in the reward for REINFORCE++)
     advantages   compute_advantages over each prompt's group (demonstration inside the group
                  for mixed-group presets such as LUFFY)
     rows         per prompt: its n rollouts, then its demonstration when the preset uses one
@@ -41,6 +43,7 @@ from megatron_hpt.rollout import SamplingParams
 from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rollout.trainer_engine import TrainerEngine
 from megatron_hpt.training.loss_head import LossHead
+from megatron_hpt.training.setup import build_reference_model
 from megatron_hpt.training.step import forward_logprobs
 from megatron_hpt.training.tasks import greedy_accuracy
 
@@ -81,6 +84,8 @@ class RlTask:
         #: optimizer steps per rollout batch (PPO mini-batches): rows of a rollout / global batch
         self.updates = rows_per_rollout(cfg) // cfg.global_batch_size
         self._rollout_index, self._mini_batches = None, []
+        #: frozen copy of the starting policy, only when a KL term needs reference log-probs
+        self.reference = build_reference_model(cfg, model) if cfg.loss.kl_coef > 0 else None
 
     # ------------------------------------------------------------------ one step's rows
     def micro_batches(self, iteration: int) -> List[Dict[str, torch.Tensor]]:
@@ -139,21 +144,37 @@ class RlTask:
         if ro.hpt_mode != "off":
             rows.update(on_policy_weight=on_w.reshape(-1), sft_weight=sft_w.reshape(-1),
                         demo_rl_weight=demo_rl_w.reshape(-1))
-        group = torch.arange(per_rank)[:, None].expand(per_rank, per_row).reshape(-1)
-        rows["advantages"] = compute_advantages(
-            all_rewards.reshape(-1), group, cfg.loss, is_demo=rows["is_demo"],
-            response_mask=rows["loss_mask"],
-            group=parallel_state.get_data_parallel_group()).float()
         micro, rows_per_update = cfg.micro_batch_size, per_rank * per_row // self.updates
         mini_batches = [[{k: v[i:i + micro] for k, v in rows.items()}
                          for i in range(start, start + rows_per_update, micro)]
                         for start in range(0, per_rank * per_row, rows_per_update)]
+        flat = [mb for mini in mini_batches for mb in mini]
         if ro.old_logprobs == "recompute" or self.updates > 1:
             # with several updates the head's own entropy would be the moved policy's: take
             # π_old's log-probs and entropy before the first update
-            self._recompute_old_logprobs([mb for mini in mini_batches for mb in mini])
+            self._recompute_old_logprobs(flat)
+        if self.reference is not None:
+            self._reference_logprobs(flat)
+        # advantages last: KL-in-reward (REINFORCE++) reads the old and reference log-probs
+        extras = {}
+        if cfg.loss.kl_mode == "reward" and self.reference is not None and "ref_logprobs" in flat[0]:
+            extras = {k: torch.cat([mb[k] for mb in flat]) for k in ("old_logprobs", "ref_logprobs")}
+        group = torch.arange(per_rank)[:, None].expand(per_rank, per_row).reshape(-1)
+        advantages = compute_advantages(
+            all_rewards.reshape(-1), group, cfg.loss, is_demo=rows["is_demo"],
+            response_mask=rows["loss_mask"],
+            group=parallel_state.get_data_parallel_group(), **extras).float()
+        for i, mb in enumerate(flat):
+            mb["advantages"] = advantages[i * micro:(i + 1) * micro]
         self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
         return mini_batches
+
+    def _reference_logprobs(self, micro_batches) -> None:
+        """Log-probs of the frozen reference policy for the KL terms (last pipeline stage)."""
+        ref = forward_logprobs(self.reference, micro_batches, self.cfg.seq_length,
+                               self.cfg.rollout.temperature or 1.0)
+        for mb, (logprobs, _) in zip(micro_batches, ref):
+            mb["ref_logprobs"] = logprobs * mb["loss_mask"]
 
     def _recompute_old_logprobs(self, micro_batches) -> None:
         """Replace the engine's log-probs by the training model's (last pipeline stage, where the

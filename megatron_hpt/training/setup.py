@@ -39,6 +39,20 @@ def build_model(cfg: TrainingConfig) -> List[DistributedDataParallel]:
     return [ddp]
 
 
+def build_reference_model(cfg: TrainingConfig, policy: List[DistributedDataParallel]) -> list:
+    """A frozen copy of the policy as it is now (after --load): the reference of the KL terms.
+    Same layout as the policy (this rank's TP shard of this PP stage); no DDP, no gradients.
+    Memory: one more copy of the weights per rank (no optimizer state)."""
+    from megatron_hpt.training.checkpoint import unwrap
+    tconfig = transformer_config(cfg.shape, **model_parallel_kwargs(cfg))
+    ref = build_gpt_model(cfg.shape, tconfig,
+                          pre_process=parallel_state.is_pipeline_first_stage(),
+                          post_process=parallel_state.is_pipeline_last_stage())
+    ref.load_state_dict(unwrap(policy[0]).state_dict(), strict=True)
+    ref.requires_grad_(False)
+    return [ref.eval()]
+
+
 def build_optimizer(cfg: TrainingConfig, model: List[DistributedDataParallel]
                     ) -> Tuple[object, OptimizerParamScheduler]:
     """megatron's optimizer (Adam/SGD, grad clipping, distributed optimizer on GPU) + LR schedule."""

@@ -86,7 +86,7 @@ def _rl_task(preset_name, extra=()):
     from megatron_hpt.data.prompts import PromptSource
     from megatron_hpt.rewards import arithmetic_reward
     task.with_demos, task.stats, task.stats_extra = uses_demonstrations(cfg), {}, {}
-    task.updates, task._rollout_index, task._mini_batches = 1, None, []
+    task.updates, task._rollout_index, task._mini_batches, task.reference = 1, None, [], None
     task.source, task.reward = PromptSource(cfg.data_path, tok, cfg.seed), arithmetic_reward
     return task, cfg, tok
 
@@ -236,6 +236,31 @@ def test_two_updates_per_rollout_batch():
     assert got[0]["ratio_max"] == pytest.approx(1.0, abs=1e-5)
     assert got[0]["ratio_min"] == pytest.approx(1.0, abs=1e-5)
     assert abs(got[1]["ratio_max"] - 1.0) > 1e-4 or abs(got[1]["ratio_min"] - 1.0) > 1e-4
+
+
+def _grpo_kl(extra):
+    args = [a for a in HPT_RUN]
+    args[args.index("hpt")] = "grpo"
+    return args + ["--train-iters", "3", "--lr", "3e-3"] + extra
+
+
+def test_kl_to_a_frozen_reference_policy():
+    """--loss-kl-coef: the reference is the starting policy, so the first step's KL is 0 and
+    later ones are not (weight decay, then Adam's normalised steps on the KL gradient, move the
+    policy); as a loss term it appears in the loss, in the reward (REINFORCE++) it shapes the
+    advantages."""
+    got = run_distributed(train, 1, _grpo_kl(["--loss-kl-coef", "0.1"]))[0]
+    assert got[0].get("kl_mean", 0.0) == pytest.approx(0.0, abs=1e-6)
+    assert got[2]["kl_mean"] > 1e-6 and got[2]["kl_loss"] > 0
+    # KL in the reward (REINFORCE++, k1): all rewards are 0 (random model), so only the penalty
+    # moves the policy. Old log-probs recomputed by the training model: at step 1 they equal
+    # the reference's bit for bit (no gradient at all); from step 2 on (weight decay moved the
+    # policy, Adam scales any gradient to ~lr) the penalty gives one.
+    rpp = run_distributed(train, 1, _grpo_kl([
+        "--loss-kl-coef", "0.1", "--loss-kl-mode", "reward", "--loss-kl-estimator", "k1",
+        "--loss-advantage-estimator", "reinforce_pp", "--rollout-logprobs", "recompute"]))[0]
+    assert rpp[0]["grad_norm"] == 0.0 and rpp[1]["grad_norm"] > 0.0
+    assert rpp[1].get("kl_loss", 0.0) == 0.0  # in the reward, not in the loss
 
 
 def test_recomputed_old_logprobs_equal_the_embedded_engines():
