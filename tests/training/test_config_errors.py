@@ -112,6 +112,3 @@ def test_rollout_prompts_must_split_over_dp():
 def test_soft_gate_needs_demo_rl_term():
     _expect(RL + ["--hpt-mode", "soft"], "--loss-demo-rl-coef 1")
 
-
-def test_kl_term_without_reference_model_fails_early():
-    _expect(RL + ["--loss-kl-coef", "0.04"], "keeps no reference model", "--loss-kl-coef 0")
