@@ -26,7 +26,9 @@ def main(argv=None) -> int:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=8192)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--train-seed", type=int, default=1234,
+                   help="--seed of the training run: builtin:arithmetic then uses its held-out problems")
     p.add_argument("--reward-type", default=None, choices=("arithmetic", "math"),
                    help="default: arithmetic for builtin:arithmetic, math (math-verify) for files")
     p.add_argument("--prompt-format", default="auto", choices=("auto", "chat", "raw"),
@@ -48,7 +50,8 @@ def main(argv=None) -> int:
     tokenizer = ev.load_tokenizer_for(a.load, a.hf_model)
     chat = a.prompt_format == "chat" or (a.prompt_format == "auto" and bool(getattr(tokenizer, "chat_template", None)))
     try:
-        benchmarks = {b: ev.benchmark_items(b, tokenizer, chat, a.limit) for b in a.benchmark}
+        benchmarks = {b: ev.benchmark_items(b, tokenizer, chat, a.limit, train_seed=a.train_seed)
+                      for b in a.benchmark}
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,21 +89,15 @@ def main(argv=None) -> int:
 
 def _vllm_from_megatron(model, shape, tokenizer, tp, a, longest):
     """vLLM started from the HF config with dummy weights, then fed the checkpoint's weights."""
-    import json
-    import tempfile
-    from megatron_hpt.models.hf_config import hf_config_from_shape
+    import torch
     from megatron_hpt.rollout import build_engine
+    from megatron_hpt.rollout.trainer_engine import shape_config_dir, vllm_dtype
     from megatron_hpt.rollout.weights import export_hf_weights
-    hf_dir = a.hf_model
-    if hf_dir is None:
-        hf_dir = tempfile.mkdtemp(prefix="megatron_hpt_eval_vllm_")
-        with open(os.path.join(hf_dir, "config.json"), "w") as f:
-            json.dump(hf_config_from_shape(shape, base=dict(
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)), f)
-    engine = build_engine("vllm", hf_dir=hf_dir, tensor_parallel_size=tp, seed=a.seed,
+    dtype = next(model.parameters()).dtype
+    engine = build_engine("vllm", hf_dir=a.hf_model or shape_config_dir(shape, tokenizer, dtype),
+                          tensor_parallel_size=tp, seed=a.seed,
                           max_model_len=longest + a.max_new_tokens, load_format="dummy",
-                          dtype="float32", enforce_eager=True)
+                          dtype=vllm_dtype(dtype), enforce_eager=not torch.cuda.is_available())
     engine.update_weights(export_hf_weights([model], shape, 512))
     return engine
 

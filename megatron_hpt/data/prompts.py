@@ -13,6 +13,8 @@ from typing import List, Optional
 from megatron_hpt.data import arithmetic
 
 BUILTIN = "builtin:arithmetic"
+#: held-out builtin problems of a run with --seed S come from the seed stream S + this offset
+HELD_OUT_SEED_OFFSET = 1_000_003
 
 
 @dataclass

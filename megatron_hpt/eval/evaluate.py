@@ -19,13 +19,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from megatron_hpt.data.prompts import BUILTIN, PromptItem, PromptSource
+from megatron_hpt.data.prompts import BUILTIN, HELD_OUT_SEED_OFFSET, PromptItem, PromptSource
 from megatron_hpt.eval.metrics import avg_at_k, pass_at_k
 from megatron_hpt.rollout import SamplingParams
-
-#: the seed stream of held-out builtin problems (the trainer's evaluation uses the same)
-BUILTIN_EVAL_SEED = 1_000_003
-
 
 @dataclass
 class BenchmarkResult:
@@ -38,12 +34,13 @@ class BenchmarkResult:
 
 
 def benchmark_items(path: str, tokenizer, chat: bool, limit: Optional[int] = None,
-                    builtin_count: int = 64) -> List[PromptItem]:
-    """The problems of one benchmark in file order (held-out problems for builtin:arithmetic).
+                    builtin_count: int = 64, train_seed: int = 1234) -> List[PromptItem]:
+    """The problems of one benchmark in file order; for builtin:arithmetic the held-out problems
+    of a training run with ``--seed train_seed`` (the ones its own evaluation reports).
     String prompts are wrapped as one user turn when ``chat`` (the tokenizer's chat template)."""
     if path == BUILTIN:
-        items = PromptSource(BUILTIN, tokenizer, BUILTIN_EVAL_SEED).items(0, limit or builtin_count)
-        return items
+        return PromptSource(BUILTIN, tokenizer, train_seed + HELD_OUT_SEED_OFFSET).items(
+            0, limit or builtin_count)
     from megatron_hpt.data.records import read_records, render_prompt
     records = read_records(path).records[:limit]
     return [PromptItem(render_prompt([{"role": "user", "content": r.prompt}]

@@ -25,15 +25,17 @@ from megatron_hpt.rollout.engines import build_engine
 from megatron_hpt.rollout.protocol import RolloutSample, SamplingParams
 
 
-def _vllm_model_dir(cfg, tokenizer) -> str:
-    """An HF model directory vLLM can start from: ``--hf-model`` when given (config and tokenizer
-    files), else a private directory with the config.json of the flag-built shape."""
-    if cfg.hf_model:
-        return cfg.hf_model
+def vllm_dtype(params_dtype: torch.dtype) -> str:
+    return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[params_dtype]
+
+
+def shape_config_dir(shape, tokenizer, params_dtype: torch.dtype) -> str:
+    """A private directory with the HF config.json of ``shape`` (special token ids from the
+    tokenizer): what vLLM needs to start with dummy weights that the weight stream replaces."""
     from megatron_hpt.models.hf_config import hf_config_from_shape
-    config = hf_config_from_shape(cfg.shape, base=dict(
+    config = hf_config_from_shape(shape, base=dict(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, torch_dtype=str(cfg.params_dtype).split(".")[-1]))
+        pad_token_id=tokenizer.pad_token_id, torch_dtype=vllm_dtype(params_dtype)))
     path = tempfile.mkdtemp(prefix="megatron_hpt_vllm_")
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
@@ -54,12 +56,13 @@ class TrainerEngine:
         else:
             if not torch.cuda.is_available():
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16",
-                     torch.float16: "float16"}[cfg.params_dtype]
+            # --hf-model gives config and tokenizer files; a flag-built shape gets its config
+            hf_dir = cfg.hf_model or shape_config_dir(cfg.shape, tokenizer, cfg.params_dtype)
             self.engine = build_engine(
-                "vllm", hf_dir=_vllm_model_dir(cfg, tokenizer),
+                "vllm", hf_dir=hf_dir,
                 tensor_parallel_size=cfg.parallel.tensor_model_parallel_size, seed=cfg.seed,
-                max_model_len=cfg.seq_length + 1, dtype=dtype, load_format="dummy",
+                max_model_len=cfg.seq_length + 1, dtype=vllm_dtype(cfg.params_dtype),
+                load_format="dummy",
                 enforce_eager=not torch.cuda.is_available())
             self._stale = True  # dummy weights until the first stream
 

@@ -16,16 +16,12 @@ from typing import Dict, List
 import torch
 
 from megatron_hpt.arguments import ConfigError, TrainingConfig
-from megatron_hpt.data.prompts import BUILTIN, PromptSource
+from megatron_hpt.data.prompts import BUILTIN, HELD_OUT_SEED_OFFSET, PromptSource
 from megatron_hpt.data.records import DataError
 from megatron_hpt.data.sft_batch import sft_rows
 from megatron_hpt.rewards import reward_fn
 from megatron_hpt.training.batches import split_for_rank
 from megatron_hpt.training.loss_head import LossHead
-
-
-#: held-out builtin problems come from another seed stream than the training problems
-EVAL_SEED_OFFSET = 1_000_003
 
 
 def prompt_source(cfg: TrainingConfig, tokenizer, path: str, seed: int,
@@ -41,7 +37,7 @@ def greedy_accuracy(engine, cfg: TrainingConfig, tokenizer, num_problems: int = 
     decoded by the run's rollout engine and graded by the run's reward."""
     from megatron_hpt.rollout import SamplingParams
     path = cfg.eval_data_path or BUILTIN
-    source = prompt_source(cfg, tokenizer, path, cfg.seed + EVAL_SEED_OFFSET)
+    source = prompt_source(cfg, tokenizer, path, cfg.seed + HELD_OUT_SEED_OFFSET)
     if not source.builtin:
         num_problems = len(source.records)
     items = source.items(0, num_problems)
