@@ -120,8 +120,9 @@ class DeviceCheckMode(TorchDispatchMode):
                 big = [] if isinstance(self_arg, OnAccelerator) else big
             if big:
                 raise DeviceMismatch(
-                    f"{name}: expected all tensors on the same device, got {ACCELERATOR} and "
-                    f"cpu (CPU shapes {[tuple(t.shape) for t in big]})")
+                    f"{name}: expected all tensors on the same device, got the accelerator "
+                    f"(cuda, '{ACCELERATOR.type}' here) and cpu (CPU shapes "
+                    f"{[tuple(t.shape) for t in big]})")
         target = _device_kw(kwargs)
         if target is not None and target.type in _ACCELERATOR_TYPES:
             kwargs = dict(kwargs, device=torch.device("cpu"))

@@ -48,8 +48,9 @@ def _on_accelerator(model_chunks) -> bool:
 def real_code_paths(library: str) -> dict:
     """SFT step and RL (hpt, embedded engine) step at DP2 through ``train.run``, then weight
     export at TP2 and at PP2. Returns what each part produced and the collectives checked."""
-    _, mode = _enter(library)
+    device_check, mode = _enter(library)
     from megatron_hpt.train import run
+    _short_final_evaluation()
     out = {}
     sft = run(SFT)
     out["sft loss"] = sft["metrics"][0]["lm loss"]
@@ -63,7 +64,16 @@ def real_code_paths(library: str) -> dict:
     out["export tp2"] = _export(["--tensor-model-parallel-size", "2"])
     out["export pp2"] = _export(["--pipeline-model-parallel-size", "2"])
     out["collectives"] = mode.collectives
+    out["without batch move"] = _sft_step_without_batch_move(device_check)
     return out
+
+
+def _short_final_evaluation():
+    """The end-of-run greedy evaluation on 4 held-out problems instead of 64 (same code)."""
+    from megatron_hpt.training import rl_task, tasks
+    for cls in (tasks.SftTask, rl_task.RlTask):
+        evaluate = cls.evaluate
+        cls.evaluate = lambda self, model, num_problems=4, _e=evaluate: _e(self, model, num_problems)
 
 
 def _export(layout) -> dict:
@@ -86,15 +96,18 @@ def _export(layout) -> dict:
     return names
 
 
-def sft_step_without_batch_move(library: str) -> str:
+def _sft_step_without_batch_move(device_check) -> str:
     """The SFT step with ``Batch.to`` made a no-op (the batch stays on the CPU): the check must
     refuse it. Returns the error text."""
-    device_check, _ = _enter(library)
     from megatron_hpt.loss.batch import Batch
-    Batch.to = lambda self, device, non_blocking=False: self  # the move removed
     from megatron_hpt.train import run
+    moved = Batch.to
+    Batch.to = lambda self, device, non_blocking=False: self  # the move removed
     try:
         run(SFT)
     except device_check.DeviceMismatch as e:
         return str(e)
+    finally:
+        Batch.to = moved
+        _layout_done()
     return "no error"
