@@ -1,26 +1,33 @@
 """A CPU-only test mode in which the accelerator is a device distinct from the CPU.
 
-``enable()`` (call it in a fresh process, before megatron-hpt initialises anything) makes
-``cuda:0`` exist on a CPU-only PyTorch build, with CPU memory behind it:
+``enable()`` (call it in a fresh process, before megatron-hpt initialises anything) makes the
+project's ``cuda`` requests land on a stand-in accelerator with CPU memory behind it:
 
-- ``OnAccelerator``: a tensor subclass that reports ``device='cuda:0'`` and holds a CPU tensor;
+- ``OnAccelerator``: a tensor subclass holding a CPU tensor (``cpu_data``) and reporting the
+  ``meta`` device. Not ``cuda``: autograd asks the accelerator hooks about every CUDA input,
+  and a CPU-only build has none (``Cannot access accelerator device``); ``meta`` is a device
+  distinct from the CPU that autograd accepts. Code asks for ``cuda`` (or ``device=0``, or
+  ``x.device``) and gets an ``OnAccelerator``.
 - ``DeviceCheckMode`` (a TorchDispatchMode, active for the rest of the process): every ATen op
   runs on the CPU tensors behind its arguments; its outputs are ``OnAccelerator`` when an input
-  was (or the op was asked for ``device='cuda'``). An op that mixes an accelerator tensor with
-  a CPU tensor of one or more dimensions raises ``DeviceMismatch``, as CUDA kernels do (0-dim
-  CPU scalars, cross-device ``copy_``/``to`` and CPU index tensors are allowed, as on a GPU).
-  Collectives (the ``c10d`` ops behind ``torch.distributed``) must get accelerator tensors
-  only, as NCCL requires: a CPU tensor raises ``DeviceMismatch``. They then run on gloo with
-  the CPU tensors, so several processes really communicate. Object collectives
+  was (or the op was asked for ``device='cuda'``/``'meta'``). An op that mixes an accelerator
+  tensor with a CPU tensor of one or more dimensions raises ``DeviceMismatch``, as CUDA kernels
+  do (0-dim CPU scalars, cross-device ``copy_``/``to`` and CPU index tensors are allowed, as on
+  a GPU). Collectives (the ``c10d`` ops behind ``torch.distributed``) must get accelerator
+  tensors only, as NCCL requires: a CPU tensor raises ``DeviceMismatch``. They then run on gloo
+  with the CPU tensors, so several processes really communicate. Object collectives
   (``all_gather_object`` & co) choose their buffers' device from the backend themselves and
   are let through.
-- a tiny C++ library (``fake_cuda_guard.cpp``; ``fake_cuda.build``/``fake_cuda.preload``, loaded
-  before ``import torch``) registers a do-nothing CUDA device guard and CUDA hooks, so that
-  autograd accepts ``cuda`` inputs.
+- ``IntDeviceIsCuda`` (a TorchFunctionMode): ``device=0`` means ``cuda:0``; ``Tensor.cuda()``;
+  ``torch.tensor(data, device='cuda')``; ``t.data = u`` keeps the CPU values in step.
+- a tiny C++ library (``fake_cuda_guard.cpp``, built by ``fake_cuda.build``, loaded with ctypes
+  by the caller) registers a do-nothing CUDA device guard, which ``.to('cuda')`` needs.
 - ``torch.cuda``'s device, RNG and synchronisation calls are answered on the CPU (what
   ``platform.py`` does for megatron-core), ``torch.cuda.is_available()`` is True, so the
   project takes its GPU branches (the process group must be gloo: ``init_gloo``).
 
+Cost: every op goes through Python (tiny models only). Values are real: rollouts, rewards and
+losses are computed as on the CPU path.
 Used by tests/gpu_path/test_gpu_path_on_cpu.py; never imported by the library.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Build and load ``fake_cuda_guard.cpp`` (see device_check.py). No torch import here:
-``preload`` must run before ``import torch``."""
+"""Build ``fake_cuda_guard.cpp`` (see device_check.py) without loading it into this process
+(the check runs in fresh processes, which load it with ctypes)."""
 from __future__ import annotations
 
 import os
@@ -25,16 +25,3 @@ def build() -> str:
             f"is_python_module=False, build_directory={os.path.dirname(path)!r}, verbose=False)")
     subprocess.run([sys.executable, "-c", code], check=True)
     return path
-
-
-def preload() -> None:
-    """Load the guard/hooks library. Must run before ``import torch`` in this process."""
-    import ctypes
-    import importlib.util
-    import sys
-    if "torch" in sys.modules:
-        raise RuntimeError("device_check.preload() must run before torch is imported")
-    torch_lib = os.path.join(importlib.util.find_spec("torch").submodule_search_locations[0], "lib")
-    for lib in ("libc10.so", "libtorch_cpu.so"):
-        ctypes.CDLL(os.path.join(torch_lib, lib), mode=ctypes.RTLD_GLOBAL)
-    ctypes.CDLL(library_path(), mode=ctypes.RTLD_GLOBAL)

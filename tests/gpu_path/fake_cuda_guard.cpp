@@ -1,11 +1,7 @@
-// A do-nothing CUDA device guard and CUDA hooks for a CPU-only PyTorch build
-// (tests/gpu_path/device_check.py). With them, tensors that claim to live on cuda:0 (a tensor
-// subclass holding CPU memory) can take part in autograd: the engine asks the accelerator hooks
-// whether CUDA exists and the device's guard for streams; a CPU-only build has neither and
-// aborts. Nothing here computes: one device, one default stream, no events.
-// Load this library before `import torch`: ATen caches the CUDA hooks on first use.
-#include <ATen/detail/CUDAHooksInterface.h>
-#include <ATen/CPUGeneratorImpl.h>
+// A do-nothing CUDA device guard for a CPU-only PyTorch build (tests/gpu_path/device_check.py).
+// `tensor.to("cuda")` and factories with device="cuda" open a device guard for CUDA before any
+// dispatch mode sees them; a CPU-only build has none registered and raises "not linked with
+// support for cuda devices". Nothing here computes: one device, one default stream, no events.
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 namespace {
@@ -37,27 +33,6 @@ struct FakeCudaGuard final : public c10::impl::DeviceGuardImplInterface {
   static c10::Device cuda0() { return c10::Device(c10::DeviceType::CUDA, 0); }
 };
 
-struct FakeCudaHooks final : public at::CUDAHooksInterface {
-  explicit FakeCudaHooks(at::CUDAHooksArgs) {}
-  void init() const override {}
-  bool hasCUDA() const override { return true; }
-  bool isAvailable() const override { return true; }
-  bool hasPrimaryContext(c10::DeviceIndex) const override { return true; }
-  c10::DeviceIndex deviceCount() const override { return 1; }
-  c10::DeviceIndex current_device() const override { return 0; }
-  c10::DeviceIndex getCurrentDevice() const override { return 0; }
-  void setCurrentDevice(c10::DeviceIndex) const override {}
-  c10::DeviceIndex exchangeDevice(c10::DeviceIndex) const override { return 0; }
-  c10::DeviceIndex maybeExchangeDevice(c10::DeviceIndex) const override { return 0; }
-  const at::Generator& getDefaultGenerator(c10::DeviceIndex) const override {
-    return at::detail::getDefaultCPUGenerator();
-  }
-  void deviceSynchronize(c10::DeviceIndex) const override {}
-};
 }  // namespace
 
 C10_REGISTER_GUARD_IMPL(CUDA, FakeCudaGuard);
-namespace at {
-// the key ATen looks up in getCUDAHooks()
-C10_REGISTER_CLASS(CUDAHooksRegistry, CUDAHooks, FakeCudaHooks)
-}  // namespace at
