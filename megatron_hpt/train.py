@@ -11,25 +11,22 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from typing import Dict, List, Optional
 
-from megatron_hpt.arguments import ConfigError, build_config, build_parser
-from megatron_hpt.data.tokenizer import load_tokenizer
-from megatron_hpt.training import distributed
+from megatron_hpt.arguments import ConfigError
+from megatron_hpt.training import distributed, preflight, resume
 from megatron_hpt.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_hpt.training.logging import MetricsLogger, format_iteration_line, is_logging_rank
 from megatron_hpt.training.setup import build_model, build_optimizer
 from megatron_hpt.training.step import train_step
-from megatron_hpt.training.tasks import build_task, read_training_prompts
+from megatron_hpt.training.tasks import build_task
 
 
 def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
     """Train as the flags say; returns {"metrics": [per-iteration dicts], "model": chunks, ...}."""
-    args = build_parser().parse_args(argv)
-    world = distributed.world_from_env()
-    tokenizer = load_tokenizer(args.hf_model or "builtin:char")
-    cfg = build_config(args, world.world_size, tokenizer_vocab_size=len(tokenizer))
-    prompts = read_training_prompts(cfg, tokenizer)  # bad data stops here, before allocation
+    # every check (flags, data, --save, --load) before any process group, model or rollout
+    args, world, tokenizer, cfg, prompts = preflight.prepare(argv)
 
     distributed.initialize(cfg.parallel.tensor_model_parallel_size,
                            cfg.parallel.pipeline_model_parallel_size,
@@ -41,6 +38,8 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
         start = load_checkpoint(cfg.load, model, None if cfg.no_load_optim else optimizer,
                                 scheduler, finetune=cfg.finetune)
     task = build_task(cfg, tokenizer, model, prompts)
+    if cfg.load and not cfg.finetune:
+        resume.restore(cfg, task)  # RNG streams (unless --no-load-rng), pending rollout rows
     logger = MetricsLogger(cfg.tensorboard_dir, cfg.log_interval)
 
     history, skipped_total = [], 0
@@ -65,10 +64,12 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
                       flush=True)
         history.append(dict(metrics, iteration=iteration + 1))
         if cfg.save and cfg.save_interval and (iteration + 1) % cfg.save_interval == 0:
-            save_checkpoint(cfg.save, iteration + 1, model, optimizer, scheduler, cfg.shape)
+            save_checkpoint(cfg.save, iteration + 1, model, optimizer, scheduler, cfg.shape,
+                            resume.capture(task))
     if cfg.save and start < cfg.train_iters and not (
             cfg.save_interval and cfg.train_iters % cfg.save_interval == 0):
-        save_checkpoint(cfg.save, cfg.train_iters, model, optimizer, scheduler, cfg.shape)
+        save_checkpoint(cfg.save, cfg.train_iters, model, optimizer, scheduler, cfg.shape,
+                        resume.capture(task))
     summary = task.finish(model)
     if summary and is_logging_rank():
         print(" | ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)
@@ -79,9 +80,15 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         run(argv)
-    except ConfigError as e:
-        print(f"megatron_hpt.train: {e}", file=sys.stderr)
+    except ConfigError as e:  # bad input: one line (from rank 0), nothing written
+        if distributed.world_from_env().rank == 0:
+            print(f"megatron_hpt.train: error: {preflight.one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a failure during the run: the reason, then stop
+        traceback.print_exc()
+        print(f"megatron_hpt.train: rank {distributed.world_from_env().rank}: stopped: "
+              f"{type(e).__name__}: {preflight.one_line(e)}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if distributed.dist.is_initialized():
             distributed.destroy()

@@ -219,6 +219,23 @@ class RlTask:
                       "response length": float(local[2]), "truncated": float(local[3])}
         self.stats.update(self.stats_extra)
 
+    # ------------------------------------------------------------------ resume (resume.py)
+    def state_dict(self) -> Dict[str, object]:
+        """The rows of the rollout batch being trained (its later mini-batches are trained after
+        a resume, not re-sampled by the moved policy). Per-step keys (normalizers, μ) are left
+        out: they are recomputed."""
+        if self._rollout_index is None or self.updates == 1:
+            return {}
+        return {"rollout_index": self._rollout_index, "stats": dict(self.stats),
+                "mini_batches": [[{k: v for k, v in mb.items() if isinstance(v, torch.Tensor)}
+                                  for mb in mini] for mini in self._mini_batches]}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        if state.get("mini_batches"):
+            self._rollout_index = int(state["rollout_index"])
+            self._mini_batches = [[dict(mb) for mb in mini] for mini in state["mini_batches"]]
+            self.stats = dict(state.get("stats", {}))
+
     # ------------------------------------------------------------------ the loop's hooks
     def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:
         self.loss_fn.attach_normalizers(micro_batches)
