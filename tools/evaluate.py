@@ -50,7 +50,9 @@ def main(argv=None) -> int:
     try:  # every input checked before any process group or model: one line, exit code 2
         tokenizer = ev.load_tokenizer_for(a.load, a.hf_model)
         chat = a.prompt_format == "chat" or (a.prompt_format == "auto" and bool(getattr(tokenizer, "chat_template", None)))
-        benchmarks = {b: ev.benchmark_items(b, tokenizer, chat, a.limit, train_seed=a.train_seed)
+        builtin_tokenizer = not a.hf_model and not (a.load and os.path.isdir(os.path.join(a.load, "tokenizer")))
+        benchmarks = {b: ev.benchmark_items(b, tokenizer, chat, a.limit, train_seed=a.train_seed,
+                                            strict_chars=builtin_tokenizer)
                       for b in a.benchmark}
         positions = ev.model_positions(a.load, a.hf_model)
         for name, items in benchmarks.items():
