@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 from megatron_hpt.arguments import ConfigError
 from megatron_hpt.training import distributed, preflight, resume
-from megatron_hpt.training.checkpoint import load_checkpoint, save_checkpoint
+from megatron_hpt.training.checkpoint import load_checkpoint
 from megatron_hpt.training.logging import MetricsLogger, format_iteration_line, is_logging_rank
 from megatron_hpt.training.setup import build_model, build_optimizer
 from megatron_hpt.training.step import train_step
@@ -64,12 +64,10 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
                       flush=True)
         history.append(dict(metrics, iteration=iteration + 1))
         if cfg.save and cfg.save_interval and (iteration + 1) % cfg.save_interval == 0:
-            save_checkpoint(cfg.save, iteration + 1, model, optimizer, scheduler, cfg.shape,
-                            resume.capture(task))
+            resume.save(cfg, iteration + 1, model, optimizer, scheduler, task)
     if cfg.save and start < cfg.train_iters and not (
             cfg.save_interval and cfg.train_iters % cfg.save_interval == 0):
-        save_checkpoint(cfg.save, cfg.train_iters, model, optimizer, scheduler, cfg.shape,
-                        resume.capture(task))
+        resume.save(cfg, cfg.train_iters, model, optimizer, scheduler, task)
     summary = task.finish(model)
     if summary and is_logging_rank():
         print(" | ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)

@@ -89,10 +89,12 @@ def _remove_unfinished(root: str) -> None:
 
 
 def save_checkpoint(root: str, iteration: int, model: List, optimizer=None, scheduler=None,
-                    shape=None, extra: Optional[dict] = None) -> str:
+                    shape=None, extra: Optional[dict] = None, reference: Optional[List] = None
+                    ) -> str:
     """Collective: every rank calls it. ``extra``: this rank's resume state (tensors, numbers,
-    lists, dicts), written to ``rank_state/`` inside the checkpoint. Returns the final directory;
-    raises ``CheckpointSaveError`` (every rank) when the save cannot complete."""
+    lists, dicts), written to ``rank_state/`` inside the checkpoint; ``reference``: the frozen
+    KL reference model, saved under ``reference.*`` keys. Returns the final directory; raises
+    ``CheckpointSaveError`` (every rank) when the save cannot complete."""
     final = iteration_dir(root, iteration)
     tmp = final + ".tmp"
     rank = dist.get_rank()
@@ -109,6 +111,8 @@ def save_checkpoint(root: str, iteration: int, model: List, optimizer=None, sche
                     state["model"] if len(model) == 1 else state)
             if scheduler is not None:
                 state["scheduler"] = scheduler.state_dict()
+            if reference is not None:
+                state["reference"] = unwrap(reference[0]).sharded_state_dict(prefix="reference.")
             state["iteration"] = iteration
             dist_checkpointing.save(state, tmp)
             if rank == 0 and shape is not None:
@@ -184,3 +188,13 @@ def load_checkpoint(root: str, model: List, optimizer=None, scheduler=None,
     if scheduler is not None and "scheduler" in loaded:
         scheduler.load_state_dict(loaded["scheduler"])
     return int(loaded.get("iteration", tag))
+
+
+def load_reference(root: str, reference: List) -> None:
+    """The KL reference model saved with the tracker's checkpoint (``reference.*`` keys)."""
+    ckpt = iteration_dir(root, read_tracker(root))
+    model = unwrap(reference[0])
+    loaded = dist_checkpointing.load({"reference": model.sharded_state_dict(prefix="reference.")},
+                                     ckpt)
+    model.load_state_dict({k[len("reference."):]: v for k, v in loaded["reference"].items()},
+                          strict=True)

@@ -9,6 +9,8 @@ gate (a function of the rollout batch's rewards). What is not, and is saved per 
 - the RNG streams: torch (CPU and CUDA), megatron's model-parallel tracker, numpy, python;
   restored unless ``--no-load-rng`` (and only at the world size they were saved at, as
   Megatron-LM does);
+- the KL reference model (in the checkpoint itself, ``reference.*`` keys): the starting policy,
+  which a resumed run must not replace by the loaded one;
 - the task's state: an RL task with several optimizer steps per rollout batch keeps the rows of
   the batch being trained (sampled by the policy before the first of those steps), so a resume
   in the middle of a batch trains on the same rows instead of sampling new ones from moved
@@ -59,7 +61,16 @@ def set_rng_state(state: dict) -> None:
 def capture(task) -> dict:
     """This rank's resume state, taken right after an optimizer step."""
     return {"world_size": dist.get_world_size(), "rng": rng_state(),
-            "task": task.state_dict() if hasattr(task, "state_dict") else {}}
+            "task": task.state_dict() if hasattr(task, "state_dict") else {},
+            "reference": getattr(task, "reference", None) is not None}
+
+
+def save(cfg, iteration: int, model, optimizer, scheduler, task) -> str:
+    """``save_checkpoint`` with this rank's resume state and the task's KL reference model (the
+    starting policy: after a resume it must not become the loaded one)."""
+    from megatron_hpt.training.checkpoint import save_checkpoint
+    return save_checkpoint(cfg.save, iteration, model, optimizer, scheduler, cfg.shape,
+                           capture(task), getattr(task, "reference", None))
 
 
 def read(load_dir: str) -> Optional[dict]:
@@ -82,6 +93,9 @@ def restore(cfg, task) -> None:
     state = read(cfg.load)
     if state is None:
         return
+    if state.get("reference") and getattr(task, "reference", None) is not None:
+        from megatron_hpt.training.checkpoint import load_reference
+        load_reference(cfg.load, task.reference)  # any layout: the reference is resharded
     if state.get("world_size") != dist.get_world_size():
         if dist.get_rank() == 0:
             print(f" resume: {cfg.load} was saved by {state.get('world_size')} processes, this "

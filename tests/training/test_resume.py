@@ -3,8 +3,8 @@
 A run is killed with SIGKILL in the middle of a save; ``--load`` then continues from the last
 complete checkpoint, and its losses, learning rates, rewards and final weights equal those of a
 run never interrupted: SFT with a warm-up + cosine schedule (optimizer and scheduler state), and
-CHORD-μ with two optimizer steps per rollout batch killed in the middle of a batch (the pending
-rollout rows, the gate's branches, the sampling seeds). A save that fails (disk full) stops the
+CHORD-μ with a KL term and two optimizer steps per rollout batch killed in the middle of a batch
+(the pending rollout rows, the sampling seeds, μ's step, the KL reference policy). A save that fails (disk full) stops the
 run with the reason and leaves the previous checkpoint as it was."""
 import io
 import os
@@ -27,7 +27,7 @@ SFT = TINY_MODEL + ["--micro-batch-size", "4", "--global-batch-size", "8", "--lr
 RL = TINY_MODEL + ["--loss-preset", "chord_mu", "--rollout-batch-size", "2",
                     "--n-samples-per-prompt", "3", "--global-batch-size", "4",
                     "--micro-batch-size", "4", "--lr", "3e-3", "--seed", "11",
-                    "--train-iters", "4", "--save-interval", "1"]
+                    "--train-iters", "4", "--save-interval", "1", "--loss-kl-coef", "0.1"]
 
 
 def _killed_run(point: str, iteration: int, argv: list, cwd) -> None:
@@ -121,7 +121,8 @@ def test_chord_killed_mid_rollout_batch_resumes_exactly(tmp_path):
         RL + ["--save", ref], [RL + ["--load", bare, "--save", bare]])[0]
     assert [m["iteration"] for m in resumed] == [4]
     _same_numbers(resumed, full[3:], ("lm loss", "grad_norm", "lr", "reward", "mu", "ratio_max",
-                                      "ratio_min"))
+                                      "ratio_min", "kl_loss"))
+    assert full[3]["kl_loss"] != 0.0  # the reference is the starting policy, restored
     _same_weights(w_resumed, w_full)
     assert _tracker(ckpt) == "4"
     assert full[3]["ratio_max"] != 1.0 and stale[0]["ratio_max"] == stale[0]["ratio_min"] == 1.0
