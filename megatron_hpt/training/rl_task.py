@@ -121,8 +121,7 @@ class RlTask:
         samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
 
         n = ro.n_samples_per_prompt
-        rewards = torch.tensor([self.reward(tok.decode(s.response_token_ids, skip_special_tokens=True),
-                                            problems[s.prompt_index].answer) for s in samples])
+        rewards = torch.tensor([self._grade(s, problems, index) for s in samples])
         correct = rewards.view(per_rank, n).sum(dim=1)
         branch = hpt_branch_coefficients(correct, n, ro.hpt_gate, ro.hpt_mode)
 
@@ -168,6 +167,18 @@ class RlTask:
             mb["advantages"] = advantages[i * micro:(i + 1) * micro]
         self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
         return mini_batches
+
+    def _grade(self, sample, problems, index: int) -> float:
+        """The reward of one rollout; a grader that crashes stops the run naming the prompt."""
+        try:
+            return self.reward(self.tokenizer.decode(sample.response_token_ids,
+                                                     skip_special_tokens=True),
+                               problems[sample.prompt_index].answer)
+        except Exception as e:  # noqa: BLE001 - any grader failure, reported with its context
+            raise RuntimeError(f"the reward grader failed on rollout batch {index}, prompt "
+                               f"{sample.prompt_index} of this rank (answer "
+                               f"{problems[sample.prompt_index].answer!r}): "
+                               f"{type(e).__name__}: {e}") from e
 
     def _reference_logprobs(self, micro_batches) -> None:
         """Log-probs of the frozen reference policy for the KL terms (last pipeline stage)."""

@@ -133,7 +133,7 @@ def test_chord_killed_mid_rollout_batch_resumes_exactly(tmp_path):
 def rng_and_disk_full(root: str, argv: list) -> dict:
     """Rank entry point: (1) the RNG streams saved with a checkpoint come back with --load and
     not with --no-load-rng; (2) a save failing with ENOSPC stops the run (exit 1, one reason
-    line) and leaves the previous checkpoint as it was."""
+    line) and leaves the previous checkpoint as it was; (3) so does a crashing reward grader."""
     import contextlib
     import errno
     import random
@@ -186,10 +186,23 @@ def rng_and_disk_full(root: str, argv: list) -> dict:
     finally:
         ck.dist_checkpointing = real
     out["stderr"] = err.getvalue()
+
+    import megatron_hpt.training.rl_task as rl_task
+
+    def crashing_grader(name, timeout):
+        def grade(response, answer):
+            raise ZeroDivisionError("grader bug")
+        return grade
+    rl_task.reward_fn = crashing_grader
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        out["grader_rc"] = main(argv + ["--loss-preset", "grpo", "--rollout-batch-size", "2",
+                                        "--n-samples-per-prompt", "4", "--train-iters", "2"])
+    out["grader_stderr"] = err.getvalue()
     return out
 
 
-def test_rng_restored_unless_no_load_rng_and_disk_full_at_save(tmp_path):
+def test_rng_restored_unless_no_load_rng_disk_full_at_save_grader_crash(tmp_path):
     root = str(tmp_path)
     out = run_distributed(rng_and_disk_full, 1, root, TINY_MODEL + [
         "--micro-batch-size", "4", "--global-batch-size", "8", "--seed", "3"])[0]
@@ -202,3 +215,10 @@ def test_rng_restored_unless_no_load_rng_and_disk_full_at_save(tmp_path):
     assert "the last complete checkpoint (iteration 2) is untouched" in last
     assert _tracker(f"{root}/full") == "2"
     assert sorted(os.listdir(f"{root}/full")) == ["iter_0000002", TRACKER, "model_shape.json"]
+    # a grader that crashes stops the run with the reason
+    assert out["grader_rc"] == 1
+    from megatron_hpt.data.arithmetic import make_problem
+    answer = make_problem(3, 0).answer  # --seed 3: the first prompt of rollout batch 0
+    assert out["grader_stderr"].strip().splitlines()[-1] == (
+        "megatron_hpt.train: rank 0: stopped: RuntimeError: the reward grader failed on rollout "
+        f"batch 0, prompt 0 of this rank (answer {answer!r}): ZeroDivisionError: grader bug")
