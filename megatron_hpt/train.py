@@ -84,8 +84,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except Exception as e:  # noqa: BLE001 - a failure during the run: the reason, then stop
         traceback.print_exc()
+        peer = any(s in str(e) for s in ("Connection reset by peer", "Connection closed by peer",
+                                         "Broken pipe"))
         print(f"megatron_hpt.train: rank {distributed.world_from_env().rank}: stopped: "
-              f"{type(e).__name__}: {preflight.one_line(e)}", file=sys.stderr, flush=True)
+              + ("another rank stopped or died (its log has the reason): " if peer else "")
+              + f"{type(e).__name__}: {preflight.one_line(e)}", file=sys.stderr, flush=True)
         return 1
     finally:
         if distributed.dist.is_initialized():
