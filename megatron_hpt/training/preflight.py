@@ -103,38 +103,47 @@ def _worst_builtin_lengths(tokenizer):
     return len(prompt), len(prompt) + len(solution) + 1
 
 
-def _record_problem(rec, tokenizer, seq_length: int, need_demonstrations: bool) -> Optional[str]:
-    """What makes a record unusable at this sequence length and tokenizer, or None."""
-    from megatron_hpt.data.records import render_prompt
-    texts = [("prompt", rec.prompt if isinstance(rec.prompt, str)
-              else "\n".join(t["content"] for t in rec.prompt))]
-    if need_demonstrations and rec.demonstration is not None:
-        texts.append(("target/solution", rec.demonstration))
-    for name, text in texts:
-        chars = unrepresentable_chars(tokenizer, text)
-        if chars:
+def _text(prompt) -> str:
+    return prompt if isinstance(prompt, str) else "\n".join(t["content"] for t in prompt)
+
+
+def _record_problem(rec, ids, demo_ids, tokenizer, seq_length: int) -> Optional[str]:
+    """What makes a record unusable at this sequence length and tokenizer, or None. ``ids``: the
+    rendered prompt; ``demo_ids``: the demonstration's tokens when the run trains on it."""
+    unk = tokenizer.unk_token_id
+    for name, text, tokens in (("prompt", _text(rec.prompt), ids),
+                               ("target/solution", rec.demonstration, demo_ids)):
+        if tokens is not None and unk is not None and unk in tokens:
+            chars = unrepresentable_chars(tokenizer, text) or "?"
             return (f"field {name!r} has characters the tokenizer cannot represent: "
                     f"{describe_chars(chars)}; use --hf-model with a tokenizer that covers them, "
                     "remove the row, or pass --data-skip-bad-rows")
-    ids = render_prompt(rec.prompt, tokenizer)
-    rec.prompt_ids = ids
     if len(ids) > seq_length:
         return (f"field 'prompt' is {len(ids)} tokens, longer than --seq-length {seq_length} "
                 "(no room for a response); raise --seq-length or pass --data-skip-bad-rows")
-    if need_demonstrations and rec.demonstration is not None:
-        total = len(ids) + len(tokenizer.encode(rec.demonstration, add_special_tokens=False)) + 1
-        if total > seq_length + 1:
-            return (f"prompt + field 'target/solution' + EOS is {total} tokens, more than "
-                    f"--seq-length + 1 = {seq_length + 1}; raise --seq-length or pass "
-                    "--data-skip-bad-rows")
+    if demo_ids is not None and len(ids) + len(demo_ids) + 1 > seq_length + 1:
+        return (f"prompt + field 'target/solution' + EOS is {len(ids) + len(demo_ids) + 1} tokens, "
+                f"more than --seq-length + 1 = {seq_length + 1}; raise --seq-length or pass "
+                "--data-skip-bad-rows")
     return None
+
+
+def _encode_all(tokenizer, texts: List[str]) -> List[List[int]]:
+    """Token ids of many texts in one call (a fast tokenizer's Rust backend batches them)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return list(tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
 def check_prompts(source, tokenizer, seq_length: int, path: str, skip_bad_rows: bool,
                   need_demonstrations: bool = False) -> int:
-    """Tokenize every record of ``source`` once (the ids are kept for the run) and check it
-    against the tokenizer and ``seq_length``. Bad rows raise ``ConfigError`` naming the file, row
-    and field, or are dropped and counted with ``skip_bad_rows``. Returns the rows dropped."""
+    """Tokenize every record of ``source`` once (the prompt ids are kept for the run) and check
+    it against the tokenizer and ``seq_length``. Bad rows raise ``ConfigError`` naming the file,
+    row and field, or are dropped and counted with ``skip_bad_rows``. Returns the rows dropped."""
+    from megatron_hpt.data.records import render_prompt
     if source.builtin:
         prompt_len, full_len = _worst_builtin_lengths(tokenizer)
         need = full_len - 1 if need_demonstrations else prompt_len
@@ -143,9 +152,23 @@ def check_prompts(source, tokenizer, seq_length: int, path: str, skip_bad_rows: 
                               f"{'prompt + solution' if need_demonstrations else 'prompt'} needs "
                               f"--seq-length >= {need}")
         return 0
+    records = source.records
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    plain = [i for i, r in enumerate(records) if isinstance(r.prompt, str)]
+    for i, ids in zip(plain, _encode_all(tokenizer, [records[i].prompt for i in plain])):
+        records[i].prompt_ids = bos + ids  # what render_prompt gives a text prompt
+    for r in records:
+        if r.prompt_ids is None:  # chat turns: the tokenizer's template
+            r.prompt_ids = render_prompt(r.prompt, tokenizer)
+    demos = [None] * len(records)
+    if need_demonstrations:
+        with_demo = [i for i, r in enumerate(records) if r.demonstration is not None]
+        for i, ids in zip(with_demo, _encode_all(tokenizer, [records[i].demonstration
+                                                             for i in with_demo])):
+            demos[i] = ids
     kept, dropped = [], 0
-    for rec in source.records:
-        problem = _record_problem(rec, tokenizer, seq_length, need_demonstrations)
+    for rec, demo_ids in zip(records, demos):
+        problem = _record_problem(rec, rec.prompt_ids, demo_ids, tokenizer, seq_length)
         if problem is None:
             kept.append(rec)
         elif skip_bad_rows:
