@@ -83,9 +83,14 @@ def rank_state_path(ckpt_dir: str, rank: int) -> str:
 
 def _remove_unfinished(root: str) -> None:
     """Staging directories of saves that never completed (a killed run)."""
+    named = read_tracker(root)
+    keep = iteration_dir(root, named) + ".old" if named is not None else None
     for name in os.listdir(root):
+        path = os.path.join(root, name)
         if name.startswith("iter_") and name.endswith((".tmp", ".old")):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            if path == keep and not os.path.isdir(path[:-4]):
+                continue  # the tracker's checkpoint, caught between two renames: keep it
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def save_checkpoint(root: str, iteration: int, model: List, optimizer=None, scheduler=None,

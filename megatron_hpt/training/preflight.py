@@ -307,6 +307,9 @@ def check_load(cfg: TrainingConfig) -> None:
                           "'release'; fix or remove the file")
     name = "release" if text == "release" else f"iter_{int(text):07d}"
     ckpt_dir = os.path.join(root, name)
+    if not os.path.isdir(ckpt_dir) and os.path.isdir(ckpt_dir + ".old"):
+        raise ConfigError(f"--load {root}: {name} was being replaced by a new save of the same "
+                          f"iteration when the run stopped; rename {name}.old to {name}")
     if not os.path.isdir(ckpt_dir) or not os.path.isfile(os.path.join(ckpt_dir, "metadata.json")):
         raise ConfigError(f"--load {root}: {TRACKER} names {name}, which is missing or incomplete; "
                           f"point the tracker at a complete iter_* directory")

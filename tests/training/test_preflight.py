@@ -281,6 +281,12 @@ def test_load_tracker_names_a_missing_iteration(tmp_path):
     _expect(["--load", str(tmp_path)], "names iter_0000009, which is missing or incomplete")
 
 
+def test_load_caught_between_the_two_renames_of_a_resave(tmp_path):
+    _fake_checkpoint(tmp_path, _tiny_shape())
+    os.rename(tmp_path / "iter_0000002", tmp_path / "iter_0000002.old")
+    _expect(["--load", str(tmp_path)], "rename iter_0000002.old to iter_0000002")
+
+
 def test_load_is_a_file(tmp_path):
     (tmp_path / "ckpt").write_text("x")
     _expect(["--load", str(tmp_path / "ckpt")], "is a file, not a checkpoint directory")
