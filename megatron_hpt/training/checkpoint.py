@@ -103,13 +103,16 @@ def save_checkpoint(root: str, iteration: int, model: List, optimizer=None, sche
     final = iteration_dir(root, iteration)
     tmp = final + ".tmp"
     rank = dist.get_rank()
-    try:
+    error = None
+    try:  # every rank takes part in both all-reduces below, whatever fails where
         if rank == 0:
             os.makedirs(root, exist_ok=True)
             _remove_unfinished(root)
             os.makedirs(tmp)
-        ok = _all_ok(True)
-        if ok:
+    except Exception as e:  # noqa: BLE001 - every failure: clean up, say so on every rank
+        error = e
+    if _all_ok(error is None):
+        try:
             state = _model_state(model)
             if optimizer is not None:
                 state["optimizer"] = optimizer.sharded_state_dict(
@@ -126,10 +129,10 @@ def save_checkpoint(root: str, iteration: int, model: List, optimizer=None, sche
                 path = rank_state_path(tmp, rank)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 torch.save(extra, path)
-    except Exception as e:  # noqa: BLE001 - every failure: clean up, say so on every rank
-        error = e
-    else:
-        error = None if ok else "another rank failed to prepare the save"
+        except Exception as e:  # noqa: BLE001
+            error = e
+    elif error is None:
+        error = "another rank failed to prepare the save"
     if not _all_ok(error is None):
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
