@@ -101,6 +101,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="sequences per optimizer step (all micro-batches, all DP ranks)")
     g.add_argument("--train-iters", type=int, default=100)
     g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--max-skipped-iterations", type=int, default=10,
+                   help="stop the run after this many iterations in a row were skipped for a "
+                        "non-finite loss or gradient norm")
     g.add_argument("--data-path", default="builtin:arithmetic",
                    help="builtin:arithmetic (no files needed) or a verl/LUFFY .parquet, a .jsonl or "
                         "a .json array with prompt / target / reward_model.ground_truth (or "
@@ -193,6 +196,8 @@ class TrainingConfig:
     """Optimizer steps to run."""
     seed: int = 1234
     """Seed for weights, data order and sampling."""
+    max_skipped_iterations: int = 10
+    """Stop after this many consecutive iterations skipped for a non-finite loss or grad norm."""
     use_cpu_initialization: bool = False
     """Initialise full weights on CPU then split (TP-invariant initial weights)."""
     data_path: str = "builtin:arithmetic"
@@ -316,6 +321,8 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
                       f"{s.max_position_embeddings}")
     if cfg.loss is not None and cfg.loss_preset != "sft":
         errors += rl_config_errors(cfg, pp, dp)
+    if cfg.max_skipped_iterations < 1:
+        errors.append(f"--max-skipped-iterations must be >= 1, got {cfg.max_skipped_iterations}")
     if cfg.save_interval is not None and not cfg.save:
         errors.append("--save-interval needs --save DIR")
     if errors:
@@ -388,7 +395,7 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         seq_length=args.seq_length or min(shape.max_position_embeddings, 64),
         micro_batch_size=args.micro_batch_size,
         global_batch_size=args.global_batch_size or args.micro_batch_size * dp,
-        train_iters=args.train_iters, seed=args.seed,
+        train_iters=args.train_iters, seed=args.seed, max_skipped_iterations=args.max_skipped_iterations,
         use_cpu_initialization=args.use_cpu_initialization or not cuda_available(),
         data_path=args.data_path, hf_model=args.hf_model,
         data_skip_bad_rows=args.data_skip_bad_rows, eval_data_path=args.eval_data_path,

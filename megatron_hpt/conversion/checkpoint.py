@@ -176,6 +176,21 @@ def save_streaming(ckpt_dir: str, entries: List[CheckpointEntry], num_layers: in
     torch.save({}, os.path.join(ckpt_dir, "common.pt"))
 
 
+#: first components of the keys of a GPTModel's sharded state dict; a training checkpoint also
+#: holds ``optimizer.*`` tensors (Adam moments, fp32 main params) and non-tensor state
+MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.")
+
+
+def is_model_key(key: str) -> bool:
+    """True for a checkpoint key of the model's weights (not optimizer or other training state)."""
+    return key.startswith(MODEL_KEY_PREFIXES)
+
+
+def read_model_tensor_metadata(ckpt_dir: str) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
+    """``read_tensor_metadata`` of the model's weights only (optimizer state and the rest left out)."""
+    return {k: v for k, v in read_tensor_metadata(ckpt_dir).items() if is_model_key(k)}
+
+
 def read_tensor_metadata(ckpt_dir: str) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
     """Checkpoint key -> (global shape, dtype) of every tensor (objects left out)."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
