@@ -260,12 +260,19 @@ def load_megatron_weights(load_dir: str, model) -> str:
     #                   "unexpected": requested by this rank but absent from the checkpoint)
     state, not_loaded, not_in_ckpt = dist_checkpointing.load(
         {"model": model.sharded_state_dict()}, ckpt_dir, strict=StrictHandling.RETURN_ALL)
+    # ``_extra_state`` (TE's FP8 metadata; empty for local layers) is state, not weights: a
+    # checkpoint written for one layer spec loads into the other without it
+    def weights(keys):
+        return sorted(k for k in keys if "_extra_state" not in k)
     problems = []
-    if not_in_ckpt:
-        problems.append(f"keys the model needs but {ckpt_dir} lacks: {sorted(not_in_ckpt)}")
-    if not_loaded:
-        problems.append(f"keys in {ckpt_dir} that no rank's model has: {sorted(not_loaded)}")
+    if weights(not_in_ckpt):
+        problems.append(f"keys the model needs but {ckpt_dir} lacks: {weights(not_in_ckpt)}")
+    if weights(not_loaded):
+        problems.append(f"keys in {ckpt_dir} that no rank's model has: {weights(not_loaded)}")
     if problems:
         raise RuntimeError("checkpoint does not match the model: " + "; ".join(problems))
-    model.load_state_dict(state["model"], strict=True)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if weights(missing) or weights(unexpected):
+        raise RuntimeError(f"{ckpt_dir}: loaded state does not match the model: missing "
+                           f"{weights(missing)}, unexpected {weights(unexpected)}")
     return ckpt_dir
