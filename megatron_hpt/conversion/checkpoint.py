@@ -271,8 +271,17 @@ def load_megatron_weights(load_dir: str, model) -> str:
         problems.append(f"keys in {ckpt_dir} that no rank's model has: {weights(not_loaded)}")
     if problems:
         raise RuntimeError("checkpoint does not match the model: " + "; ".join(problems))
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if weights(missing) or weights(unexpected):
-        raise RuntimeError(f"{ckpt_dir}: loaded state does not match the model: missing "
-                           f"{weights(missing)}, unexpected {weights(unexpected)}")
+    load_model_state(model, state["model"], ckpt_dir)
     return ckpt_dir
+
+
+def load_model_state(module, state: dict, source: str) -> None:
+    """``module.load_state_dict(state)``, strict about weights, lenient about ``_extra_state``
+    (Transformer Engine's FP8 metadata, absent from checkpoints written by the local spec or the
+    converter, and the other way round)."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    unexpected = [k for k in unexpected if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise RuntimeError(f"{source}: loaded state does not match the model: missing {sorted(missing)}, "
+                           f"unexpected {sorted(unexpected)}")
