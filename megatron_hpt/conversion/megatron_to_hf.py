@@ -84,6 +84,14 @@ def check_checkpoint(ckpt_dir: str, expected, meta) -> None:
         raise ValueError(f"{ckpt_dir}: checkpoint does not match model_shape.json: " + "; ".join(problems))
 
 
+def _special_token_ids(tok_dir: str) -> dict:
+    """bos/eos/pad ids of the tokenizer saved beside a checkpoint (generation stops at eos)."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    return {f"{k}_token_id": getattr(tok, f"{k}_token_id") for k in ("bos", "eos", "pad")
+            if getattr(tok, f"{k}_token_id", None) is not None}
+
+
 def convert_megatron_to_hf(load_dir: str, save_dir: str, overwrite: bool = False,
                            max_shard_size: str = "5GB", progress: bool = True,
                            model_type: Optional[str] = None) -> dict:
@@ -109,13 +117,15 @@ def convert_megatron_to_hf(load_dir: str, save_dir: str, overwrite: bool = False
                 del hf_tensors
         writer.close()
         config = hf_config_from_shape(shape, base=base)
+        tok_dir = os.path.join(load_dir, "tokenizer")
+        if not base and os.path.isdir(tok_dir):  # a model built from flags: token ids from its tokenizer
+            config.update(_special_token_ids(tok_dir))
         dtype = _DTYPE_NAMES.get(str(meta["embedding.word_embeddings.weight"][1]))
         for field in ("torch_dtype", "dtype"):
             if field in config and dtype and config[field] != dtype:
                 config[field] = dtype
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
-        tok_dir = os.path.join(load_dir, "tokenizer")
         if os.path.isdir(tok_dir):
             copy_tokenizer_files(tok_dir, tmp)
         if not os.path.isfile(os.path.join(tmp, "generation_config.json")):

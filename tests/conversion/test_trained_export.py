@@ -113,7 +113,11 @@ def test_model_from_megatron_flags_needs_and_checks_model_type(trained, tmp_path
     assert diff <= 1e-4, diff
     from transformers import AutoTokenizer
     from megatron_hpt.data.tokenizer import build_char_tokenizer
-    assert AutoTokenizer.from_pretrained(out)("12+3=")["input_ids"] == build_char_tokenizer()("12+3=")["input_ids"]
+    builtin = build_char_tokenizer()
+    assert AutoTokenizer.from_pretrained(out)("12+3=")["input_ids"] == builtin("12+3=")["input_ids"]
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert (cfg["bos_token_id"], cfg["eos_token_id"]) == (builtin.bos_token_id, builtin.eos_token_id)
+    assert json.load(open(os.path.join(out, "generation_config.json")))["eos_token_id"] == builtin.eos_token_id
 
 
 def test_contradicting_model_type_is_refused(trained, tmp_path):
