@@ -84,9 +84,9 @@ class SkipCounter:
                 f"stopped at iteration {iteration}: {self.consecutive} iterations in a row were "
                 f"skipped (--max-skipped-iterations {self.max_consecutive}) because the loss or the "
                 f"gradient norm was not finite (last: lm loss {metrics.get('lm loss', float('nan'))}, "
-                f"grad norm {metrics.get('grad_norm', float('nan'))}); no update was applied for them "
-                "and no checkpoint was written from them. Lower --lr, keep --clip-grad > 0, or check "
-                "the data")
+                f"grad norm {metrics.get('grad_norm', float('nan'))}); no update was applied for them, "
+                "and checkpoints only ever hold finite weights. Lower --lr, keep --clip-grad > 0, or "
+                "check the data")
 
 
 def assert_finite_weights(model, iteration: int, save_dir: str) -> None:
