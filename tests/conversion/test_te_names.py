@@ -96,3 +96,21 @@ def test_one_rule_picks_the_layer_spec():
     with pytest.raises(ConfigError, match="--transformer-impl transformer_engine needs Transformer Engine"):
         build_config(build_parser().parse_args(flags + ["--transformer-impl", "transformer_engine"]), 1,
                      tokenizer_vocab_size=80)
+
+
+def test_loading_is_strict_about_weights_and_lenient_about_extra_state():
+    from megatron_hpt.conversion.checkpoint import load_model_state
+
+    class WithExtraState(torch.nn.Linear):  # as TE modules: FP8 metadata in ``_extra_state``
+        def get_extra_state(self):
+            return None
+
+        def set_extra_state(self, state):
+            pass
+
+    module = torch.nn.Sequential(WithExtraState(3, 2))
+    state = {k: v for k, v in torch.nn.Linear(3, 2).state_dict().items()}
+    load_model_state(module, {"0." + k: v for k, v in state.items()}, "ckpt")  # no _extra_state: fine
+    assert torch.equal(module[0].weight, state["weight"])
+    with pytest.raises(RuntimeError, match=r"ckpt: loaded state does not match the model: missing \['0.bias'\]"):
+        load_model_state(module, {"0.weight": state["weight"]}, "ckpt")
