@@ -11,6 +11,7 @@ gate (a function of the rollout batch's rewards). What is not, and is saved per 
   Megatron-LM does);
 - the KL reference model (in the checkpoint itself, ``reference.*`` keys): the starting policy,
   which a resumed run must not replace by the loaded one;
+- the skipped-iteration counters (the log's total and the current run of skips);
 - the task's state: an RL task with several optimizer steps per rollout batch keeps the rows of
   the batch being trained (sampled by the policy before the first of those steps), so a resume
   in the middle of a batch trains on the same rows instead of sampling new ones from moved
@@ -58,19 +59,22 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
-def capture(task) -> dict:
+def capture(task, skips=None) -> dict:
     """This rank's resume state, taken right after an optimizer step."""
-    return {"world_size": dist.get_world_size(), "rng": rng_state(),
-            "task": task.state_dict() if hasattr(task, "state_dict") else {},
-            "reference": getattr(task, "reference", None) is not None}
+    state = {"world_size": dist.get_world_size(), "rng": rng_state(),
+             "task": task.state_dict() if hasattr(task, "state_dict") else {},
+             "reference": getattr(task, "reference", None) is not None}
+    if skips is not None:  # the log's `number of skipped iterations` and the current streak
+        state["skips"] = [skips.total, skips.consecutive]
+    return state
 
 
-def save(cfg, iteration: int, model, optimizer, scheduler, task) -> str:
+def save(cfg, iteration: int, model, optimizer, scheduler, task, skips=None) -> str:
     """``save_checkpoint`` with this rank's resume state and the task's KL reference model (the
     starting policy: after a resume it must not become the loaded one)."""
     from megatron_hpt.training.checkpoint import save_checkpoint
     return save_checkpoint(cfg.save, iteration, model, optimizer, scheduler, cfg.shape,
-                           capture(task), getattr(task, "reference", None))
+                           capture(task, skips), getattr(task, "reference", None))
 
 
 def read(load_dir: str) -> Optional[dict]:
@@ -86,13 +90,15 @@ def read(load_dir: str) -> Optional[dict]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def restore(cfg, task) -> None:
+def restore(cfg, task, skips=None) -> None:
     """After the model, optimizer and task are built: the saved RNG streams (unless
     ``--no-load-rng``) and the task's state. A checkpoint saved at another world size resumes
     without them (said on rank 0): the numbers then differ from an uninterrupted run."""
     state = read(cfg.load)
     if state is None:
         return
+    if skips is not None and "skips" in state:
+        skips.total, skips.consecutive = (int(v) for v in state["skips"])
     if state.get("reference") and getattr(task, "reference", None) is not None:
         from megatron_hpt.training.checkpoint import load_reference
         load_reference(cfg.load, task.reference)  # any layout: the reference is resharded

@@ -93,8 +93,9 @@ def test_sft_killed_while_saving_resumes_exactly(tmp_path):
     ckpt, ref = str(tmp_path / "ckpt"), str(tmp_path / "ref")
     _killed_run("write", 4, SFT + ["--save", ckpt], tmp_path)
     # the save of iteration 4 never completed: only its staging directory exists, unnamed
-    assert _tracker(ckpt) == "2" and sorted(os.listdir(ckpt)) == [
-        "iter_0000002", "iter_0000004.tmp", TRACKER, "model_shape.json"]
+    assert _tracker(ckpt) == "2"
+    assert sorted(n for n in os.listdir(ckpt) if n.startswith("iter_")) == [
+        "iter_0000002", "iter_0000004.tmp"]
     (resumed, w_resumed), (full, w_full) = run_distributed(
         resumed_and_uninterrupted, 1, SFT + ["--load", ckpt, "--save", ckpt],
         SFT + ["--save", ref], [])[0]
@@ -214,7 +215,7 @@ def test_rng_restored_unless_no_load_rng_disk_full_at_save_grader_crash(tmp_path
                            "device"), last
     assert "the last complete checkpoint (iteration 2) is untouched" in last
     assert _tracker(f"{root}/full") == "2"
-    assert sorted(os.listdir(f"{root}/full")) == ["iter_0000002", TRACKER, "model_shape.json"]
+    assert sorted(n for n in os.listdir(f"{root}/full") if n.startswith("iter_")) == ["iter_0000002"]
     # a grader that crashes stops the run with the reason
     assert out["grader_rc"] == 1
     from megatron_hpt.data.arithmetic import make_problem
