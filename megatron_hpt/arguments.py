@@ -299,6 +299,9 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
     if s.num_layers % pp:
         errors.append(f"--num-layers {s.num_layers} is not divisible by "
                       f"--pipeline-model-parallel-size {pp}; choose a PP size that divides it")
+    if cp > 1 and cfg.seq_length % (2 * cp):
+        errors.append(f"--seq-length {cfg.seq_length} is not a multiple of 2 x "
+                      f"--context-parallel-size = {2 * cp} (load-balanced CP split)")
     needs_te = [name for name, on in (("--context-parallel-size > 1", cp > 1),
                                       ("--sequence-parallel", par.sequence_parallel),
                                       ("--fp8-format", cfg.fp8_format is not None),

@@ -18,10 +18,11 @@ def group_statistics(values, group_index, include):
     _, inverse = torch.unique(group_index, return_inverse=True)  # [B]
     k = int(inverse.max()) + 1 if inverse.numel() else 0
     w = include.to(values.dtype)
-    count = torch.zeros(k, dtype=values.dtype).index_add_(0, inverse, w)  # [G]
-    total = torch.zeros(k, dtype=values.dtype).index_add_(0, inverse, values * w)
+    zeros = torch.zeros(k, dtype=values.dtype, device=values.device)
+    count = zeros.clone().index_add_(0, inverse, w)  # [G]
+    total = zeros.clone().index_add_(0, inverse, values * w)
     mean = total / count.clamp(min=1)
-    sq = torch.zeros(k, dtype=values.dtype).index_add_(0, inverse, (values - mean[inverse]) ** 2 * w)
+    sq = zeros.clone().index_add_(0, inverse, (values - mean[inverse]) ** 2 * w)
     std = torch.sqrt(sq / (count - 1).clamp(min=1))
     single = count <= 1
     mean = torch.where(single, torch.zeros_like(mean), mean)

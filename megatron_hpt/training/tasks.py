@@ -15,10 +15,12 @@ from typing import Dict, List
 
 import torch
 
+from megatron_hpt import platform
 from megatron_hpt.arguments import ConfigError, TrainingConfig
 from megatron_hpt.data.prompts import BUILTIN, HELD_OUT_SEED_OFFSET, PromptSource
 from megatron_hpt.data.records import DataError
 from megatron_hpt.data.sft_batch import sft_rows
+from megatron_hpt.loss.batch import Batch
 from megatron_hpt.rewards import reward_fn
 from megatron_hpt.training.batches import split_for_rank
 from megatron_hpt.training.loss_head import LossHead
@@ -62,21 +64,22 @@ class SftTask:
         self.loss_fn = LossHead(cfg.loss)
         self._engine = None  # built at the first evaluation
 
-    def global_batch(self, iteration: int) -> Dict[str, torch.Tensor]:
-        """The same rows on every rank and layout: a pure function of (seed, iteration)."""
+    def global_batch(self, iteration: int) -> Batch:
+        """The same rows on every rank and layout: a pure function of (seed, iteration); CPU."""
         n = self.cfg.global_batch_size
         items = self.source.items(iteration * n, n)
         rows = sft_rows(self.tokenizer, [it.prompt_ids for it in items],
                         [it.demonstration for it in items], self.cfg.seq_length,
                         source=self.cfg.data_path)
-        rows["is_demo"] = torch.ones(n, dtype=torch.bool)  # every row is a demonstration
-        return rows
+        return rows.replace(is_demo=torch.ones(n, dtype=torch.bool))  # every row is a demo
 
-    def micro_batches(self, iteration: int) -> List[Dict[str, torch.Tensor]]:
-        """This DP rank's share of the global batch, cut into micro-batches."""
-        return split_for_rank(self.global_batch(iteration), self.cfg.micro_batch_size)
+    def micro_batches(self, iteration: int) -> List[Batch]:
+        """This DP rank's share of the global batch, moved to the device once, cut into
+        micro-batches."""
+        return split_for_rank(self.global_batch(iteration), self.cfg.micro_batch_size,
+                              device=platform.device())
 
-    def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:
+    def attach_normalizers(self, micro_batches: List[Batch]) -> None:
         """SPEC §6: global denominators, computed once per step, shared by all micro-batches."""
         self.loss_fn.attach_normalizers(micro_batches)
 

@@ -68,21 +68,22 @@ def synthetic_rl_batch(preset_name: str, seq_length: int = 32, vocab: int = 80, 
     group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     rewards = torch.tensor([1., 0., 1., 0., 0., 0., 1., 1.])
     is_demo = torch.zeros(n, dtype=torch.bool)
-    batch = dict(tokens=tokens, labels=labels, loss_mask=mask,
-                 position_ids=pos.expand(n, seq_length).contiguous(),
-                 old_logprobs=-3.0 - torch.rand(n, seq_length, generator=g))
+    from megatron_hpt.loss.batch import Batch
+    batch = Batch(tokens=tokens, labels=labels, response_mask=mask,
+                  position_ids=pos.expand(n, seq_length).contiguous(),
+                  old_logprobs=-3.0 - torch.rand(n, seq_length, generator=g))
     cfg = preset(preset_name)
     if preset_name == "luffy":  # one demonstration per group, inside the group statistics
         is_demo[[3, 7]] = True
         rewards[[3, 7]] = 1.0
     if preset_name.startswith("hpt"):  # group 1 takes the SFT branch: its rollouts are dropped
         is_demo[7] = True
-        batch["on_policy_weight"] = torch.tensor([1., 1., 1., 1., 0., 0., 0., 0.])
-        batch["sft_weight"] = torch.tensor([0., 0., 0., 0., 0., 0., 0., 1.])
+        batch.on_policy_weight = torch.tensor([1., 1., 1., 1., 0., 0., 0., 0.])
+        batch.sft_weight = torch.tensor([0., 0., 0., 0., 0., 0., 0., 1.])
         # the SFT-branch demo sits alone in its own micro-batch of a 4-way split, so the
         # released per-micro-batch token-mean weighs it differently from the global one
-    batch["is_demo"] = is_demo
-    batch["advantages"] = compute_advantages(rewards, group, cfg, is_demo=is_demo,
+    batch.is_demo = is_demo
+    batch.advantages = compute_advantages(rewards, group, cfg, is_demo=is_demo,
                                              response_mask=mask).float()
     return batch
 
