@@ -72,6 +72,16 @@ class EmbeddedEngine:
         self.max_sequence_length = max_sequence_length
         self._tp_group, self._tp_src = _tp_group_and_src()  # refuses PP > 1 and CP > 1 up front
 
+    @classmethod
+    def from_policy(cls, model_chunks, shape, tokenizer, *, max_model_len: Optional[int] = None,
+                    **_unused) -> "EmbeddedEngine":
+        """The engine on this rank's policy chunk itself (PP = 1: one chunk). ``max_model_len``:
+        prompt + response limit. The other ``from_policy`` arguments of the protocol (TP size,
+        seed, dtype, HF directory) are the policy's own here and are ignored."""
+        pad = tokenizer.pad_token_id
+        return cls(model=model_chunks[0], pad_token_id=0 if pad is None else pad,
+                   max_sequence_length=max_model_len)
+
     # ------------------------------------------------------------------ protocol
     def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int,
                  sampling: SamplingParams) -> List[RolloutSample]:
@@ -104,6 +114,9 @@ class EmbeddedEngine:
 
     def wake_up(self) -> None:
         """Nothing to restore (see ``sleep``)."""
+
+    def shutdown(self) -> None:
+        """Nothing to release: the model belongs to the trainer."""
 
     # ------------------------------------------------------------------ decoding loop
     def _decode(self, rows: List[List[int]], sampling: SamplingParams):
