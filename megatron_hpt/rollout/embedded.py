@@ -46,12 +46,6 @@ def _tp_group_and_src():
     return ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_src_rank()
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module"):  # megatron DDP / Float16Module wrappers
-        model = model.module
-    return model
-
-
 class EmbeddedEngine:
     """Rollouts from the training model (a megatron-core ``GPTModel``, optionally DDP-wrapped)."""
 
@@ -62,7 +56,8 @@ class EmbeddedEngine:
         """``model``: this rank's TP shard of the policy (PP = 1). ``pad_token_id``: fills the left
         padding and finished rows (never attended to). ``max_sequence_length``: prompt + response
         limit checked before decoding (default: no check beyond the model's own)."""
-        config = getattr(_unwrap(model), "config", None)
+        from megatron_hpt.models.unwrap import unwrap_model
+        config = getattr(unwrap_model(model), "config", None)
         if getattr(config, "sequence_parallel", False):
             raise ValueError("the embedded rollout engine cannot decode with --sequence-parallel "
                              "(one token per step cannot be split over TP ranks); "

@@ -31,14 +31,9 @@ import torch.distributed as dist
 from megatron_hpt.conversion.mapping import Mapping, layer_param_name, tp_merge
 from megatron_hpt.conversion.registry import mapping_for
 from megatron_hpt.models.shape import ModelShape
+from megatron_hpt.models.unwrap import unwrap_model
 
 Bucket = List[Tuple[str, torch.Tensor]]
-
-
-def _unwrap(model):
-    while hasattr(model, "module"):  # megatron DDP / Float16Module wrappers
-        model = model.module
-    return model
 
 
 def _local_entries(chunk, shape: ModelShape, spec: str) -> List[Tuple[int, Mapping, torch.Tensor]]:
@@ -46,7 +41,7 @@ def _local_entries(chunk, shape: ModelShape, spec: str) -> List[Tuple[int, Mappi
     arch = mapping_for(shape.hf_model_type or "llama")
     model_level = arch.model_entries(shape)
     by_spec_name = {layer_param_name(n, spec): m for n, m in arch.layer.items()}
-    chunk = _unwrap(chunk)
+    chunk = unwrap_model(chunk)
     out = []
     for name, param in chunk.named_parameters():
         if name in model_level:
