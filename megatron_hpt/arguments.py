@@ -116,7 +116,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="your own grader (response, answer) -> float instead of --reward-type, "
                         "bounded by --reward-timeout per answer")
     g.add_argument("--reward-timeout", type=int, default=5,
-                   help="seconds math-verify (or --reward-fn) may spend on one answer")
+                   help="seconds math-verify may spend parsing / comparing one answer")
     g.add_argument("--use-cpu-initialization", action="store_true",
                    help="initialise full weights on CPU then split (same weights at any TP)")
 
@@ -353,21 +353,6 @@ def _shape_from_flags(args, vocab_size: Optional[int], tp: int) -> ModelShape:
     )
 
 
-def _reward_type(args: argparse.Namespace) -> Optional[str]:
-    """--reward-type, or --reward-fn's module:function (imported now, so a typo stops the run
-    before anything is allocated)."""
-    if getattr(args, "reward_fn", None) is None:
-        return args.reward_type
-    if args.reward_type is not None:
-        raise ConfigError("give --reward-type or --reward-fn, not both")
-    from megatron_hpt.rewards.user import resolve
-    try:
-        resolve(args.reward_fn)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    return args.reward_fn
-
-
 def build_config(args: argparse.Namespace, world_size: int = 1,
                  tokenizer_vocab_size: Optional[int] = None) -> TrainingConfig:
     """Turn parsed flags into a validated TrainingConfig (raises ConfigError)."""
@@ -406,7 +391,7 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         use_cpu_initialization=args.use_cpu_initialization or not cuda_available(),
         data_path=args.data_path, hf_model=args.hf_model,
         data_skip_bad_rows=args.data_skip_bad_rows, eval_data_path=args.eval_data_path,
-        reward_type=_reward_type(args), reward_timeout=args.reward_timeout,
+        reward_type=args.reward_type, reward_timeout=args.reward_timeout,
         lr=args.lr, min_lr=args.min_lr, lr_decay_style=args.lr_decay_style,
         lr_warmup_iters=args.lr_warmup_iters, lr_decay_iters=args.lr_decay_iters,
         optimizer=args.optimizer, weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,
@@ -417,6 +402,7 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         eval_interval=args.eval_interval, loss=loss_cfg, loss_preset=args.loss_preset,
         rollout=rollout_config_from_args(args),
     )
+    cfg.reward_type = _reward_type(args)
     if args.loss_preset != "sft" and args.global_batch_size is None:
         # the RL task's rows: n rollouts (+ one demonstration) per prompt
         cfg.global_batch_size = rows_per_rollout(cfg)
@@ -441,3 +427,18 @@ def model_parallel_kwargs(cfg: TrainingConfig) -> dict:
     if cfg.fp8_format is not None:  # megatron-core's documented switches; TE does the work
         kw.update(fp8=cfg.fp8_format, fp8_recipe=cfg.fp8_recipe)
     return kw
+
+
+def _reward_type(args: argparse.Namespace) -> Optional[str]:
+    """--reward-type, or --reward-fn's module:function (imported now, so a typo stops the run
+    before anything is allocated)."""
+    if getattr(args, "reward_fn", None) is None:
+        return args.reward_type
+    if args.reward_type is not None:
+        raise ConfigError("give --reward-type or --reward-fn, not both")
+    from megatron_hpt.rewards.user import resolve
+    try:
+        resolve(args.reward_fn)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return args.reward_fn

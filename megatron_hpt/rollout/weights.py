@@ -36,12 +36,15 @@ from megatron_hpt.models.unwrap import unwrap_model
 Bucket = List[Tuple[str, torch.Tensor]]
 
 
+_unwrap = unwrap_model  # the package's one unwrapper (models/unwrap.py)
+
+
 def _local_entries(chunk, shape: ModelShape, spec: str) -> List[Tuple[int, Mapping, torch.Tensor]]:
     """(global layer or None, mapping, local TP shard) for the parameters of one model chunk."""
     arch = mapping_for(shape.hf_model_type or "llama")
     model_level = arch.model_entries(shape)
     by_spec_name = {layer_param_name(n, spec): m for n, m in arch.layer.items()}
-    chunk = unwrap_model(chunk)
+    chunk = _unwrap(chunk)
     out = []
     for name, param in chunk.named_parameters():
         if name in model_level:
