@@ -23,7 +23,8 @@ def finalize_grads_without_token_scaling(model, num_tokens=None, **kwargs):
 
 def build_model(cfg: TrainingConfig) -> List[DistributedDataParallel]:
     """This rank's pipeline stage of the model, wrapped in megatron-core DDP (a list of one chunk)."""
-    model, tconfig = build_model_stage(cfg.shape, **model_parallel_kwargs(cfg))
+    model, tconfig = build_model_stage(cfg.shape, dict(transformer_impl=cfg.transformer_impl),
+                                       **model_parallel_kwargs(cfg))
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
@@ -40,7 +41,8 @@ def build_reference_model(cfg: TrainingConfig, policy: List[DistributedDataParal
     """A frozen copy of the policy as it is now (after --load): the reference of the KL terms.
     Same layout as the policy (this rank's TP shard of this PP stage); no DDP, no gradients.
     Memory: one more copy of the weights per rank (no optimizer state)."""
-    ref, _ = build_model_stage(cfg.shape, **model_parallel_kwargs(cfg))
+    ref, _ = build_model_stage(cfg.shape, dict(transformer_impl=cfg.transformer_impl),
+                               **model_parallel_kwargs(cfg))
     ref.load_state_dict(unwrap_model(policy[0]).state_dict(), strict=True)
     ref.requires_grad_(False)
     return [ref.eval()]
