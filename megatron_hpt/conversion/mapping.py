@@ -36,6 +36,7 @@ import torch
 if TYPE_CHECKING:  # annotations only: the family tables import nothing above them
     from megatron_hpt.models.shape import ModelShape
 
+
 def layer_param_name(name: str, spec: str = "local") -> str:
     """The name of a per-layer parameter in the ``spec`` spelling (``local``, or ``te`` /
     ``transformer_engine``); see ``names.py``, which derives the TE names from megatron-core."""
