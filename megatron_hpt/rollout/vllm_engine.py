@@ -216,17 +216,19 @@ class VllmEngine:
     def from_policy(cls, model_chunks, shape, tokenizer, *, tensor_parallel_size: int = 1,
                     seed: int = 0, max_model_len: int = 4096,
                     params_dtype: torch.dtype = torch.float32,
-                    hf_dir: Optional[str] = None) -> "VllmEngine":
+                    hf_dir: Optional[str] = None, **engine_kwargs) -> "VllmEngine":
         """A colocated vLLM for a Megatron policy: started from ``hf_dir`` (a Hugging Face
         directory: config and tokenizer files) or else from the HF config of ``shape``, with dummy
         weights that the first ``update_weights`` (the policy's weight stream) replaces.
-        ``tensor_parallel_size``: the training TP size. On CPU the KV cache defaults to 1 GiB."""
+        ``tensor_parallel_size``: the training TP size; ``engine_kwargs``: further constructor
+        arguments (``gpu_memory_utilization``, ...). On CPU the KV cache defaults to 1 GiB."""
         if not torch.cuda.is_available():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         return cls(hf_dir=hf_dir or shape_config_dir(shape, tokenizer, params_dtype),
                    tensor_parallel_size=tensor_parallel_size, seed=seed,
                    max_model_len=max_model_len, dtype=vllm_dtype(params_dtype),
-                   load_format="dummy", enforce_eager=not torch.cuda.is_available())
+                   load_format="dummy", enforce_eager=not torch.cuda.is_available(),
+                   **engine_kwargs)
 
     # ------------------------------------------------------------------ protocol
     def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int,
