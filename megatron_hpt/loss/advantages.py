@@ -7,6 +7,10 @@ import torch.distributed as dist
 from .kl import kl_penalty
 
 WHITEN_EPS = 1e-8  # REINFORCE++ whitening ε (verl masked_whiten)
+#: The estimator registry: the names compute_advantages accepts (LossConfig.advantage_estimator's
+#: choices); a new estimator is a branch in compute_advantages plus its name here.
+ESTIMATORS = ("none", "grpo", "dr_grpo", "rloo", "reinforce", "reinforce_pp",
+              "reinforce_pp_baseline")
 
 
 def group_statistics(values, group_index, include):

@@ -14,6 +14,15 @@ import torch
 
 LOG_RATIO_CAP = 10.0  # GSPO: clamp log s_i at 10 (SPEC §3)
 
+# The registry of the four parts (and the SFT weighting): the names each function below accepts.
+# LossConfig's choices are these tuples (loss/config.py); a new kind is a branch in its function
+# plus its name here.
+REFERENCES = ("pi_theta", "pi_old", "one", "gspo_sequence", "cispo")  # reference_denominator
+MASKS = ("none", "ppo_clip", "dual_clip", "gspo_sequence_clip")  # stabilization_mask
+ADVANTAGE_SOURCES = ("estimated", "one", "srft_sign")  # advantage
+SHAPINGS = ("none", "luffy")  # shaping, likelihood_gradient
+SFT_WEIGHTINGS = ("none", "phi", "p", "srft_entropy")  # sft_weight
+
 
 def reference_denominator(logprobs, old_logprobs, kind, response_mask,
                           clip_ratio_low=0.2, clip_ratio_high=0.2, seq_log_ratio=None):

@@ -32,14 +32,12 @@ from megatron_hpt.conversion.mapping import Mapping, tp_merge
 from megatron_hpt.conversion.names import layer_mappings
 from megatron_hpt.conversion.registry import mapping_for
 from megatron_hpt.models.shape import ModelShape
+from megatron_hpt.models.unwrap import unwrap_model
 
 Bucket = List[Tuple[str, torch.Tensor]]
 
 
-def _unwrap(model):
-    while hasattr(model, "module"):  # megatron DDP / Float16Module wrappers
-        model = model.module
-    return model
+_unwrap = unwrap_model  # the package's one unwrapper (models/unwrap.py)
 
 
 def _local_entries(chunk, shape: ModelShape, spec: Optional[str]) -> List[Tuple[int, Mapping, torch.Tensor]]:

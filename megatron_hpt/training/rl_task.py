@@ -47,7 +47,7 @@ from megatron_hpt.rollout.trainer_engine import TrainerEngine
 from megatron_hpt.training.loss_head import LossHead
 from megatron_hpt.training.setup import build_reference_model
 from megatron_hpt.training.step import forward_logprobs
-from megatron_hpt.training.tasks import greedy_accuracy
+from megatron_hpt.training.held_out import greedy_accuracy
 
 
 def rollout_rows(samples, seq_length: int, pad_token_id: int) -> Batch:
