@@ -19,24 +19,39 @@ from .parts import (LOG_FORM_REFERENCES, advantage, likelihood_gradient, referen
 from .schedule import mu_at_step
 
 _EXTRAS = ("is_demo", "entropy", "old_entropy", "ref_logprobs", "normalizers", "mu", "step",
-           "on_policy_weight", "demo_rl_weight", "sft_weight", "response_lengths")
+           "on_policy_weight", "demo_rl_weight", "sft_weight", "response_lengths", "rewards")
 
 
-def _objective(logprobs, old_logprobs, adv_in, mask, cfg, source, seq_entropy):
+def _objective(logprobs, old_logprobs, adv_in, mask, cfg, source, seq_entropy, rewards):
     """Per-token estimator objective of one data source ('on_policy' or 'demo'), [B, T]."""
     ref_kind = getattr(cfg, f"{source}_reference")
     log_ref = reference_denominator(logprobs, old_logprobs, ref_kind, mask,
                                     cfg.clip_ratio_low, cfg.clip_ratio_high)
-    adv = advantage(adv_in, getattr(cfg, f"{source}_advantage"), mask, seq_entropy)
+    adv = advantage(adv_in, getattr(cfg, f"{source}_advantage"), mask, seq_entropy, rewards)
     adv = adv.to(logprobs.dtype)
     f_kind = getattr(cfg, f"{source}_shaping")
+    clamp = cfg.log_ratio_clamp if ref_kind == "pi_old" else 0.0
     term = likelihood_gradient(logprobs, log_ref, f_kind, cfg.shaping_gamma,
-                               log_form=ref_kind in LOG_FORM_REFERENCES)
-    ratio = torch.exp(logprobs.detach() - log_ref)  # x in value
+                               log_form=ref_kind in LOG_FORM_REFERENCES, log_ratio_clamp=clamp)
+    log_x = logprobs.detach() - log_ref
+    ratio = torch.exp(log_x.clamp(-clamp, clamp) if clamp > 0 else log_x)  # x in value
     keep, bound = stabilization_mask(ratio, adv, getattr(cfg, f"{source}_mask"),
                                      cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c)
     dropped = (adv * shaping(bound, f_kind, cfg.shaping_gamma)).detach()
     return keep * adv * term + (1.0 - keep) * dropped, keep
+
+
+def _entropy_term(entropy, mask, cfg, norm, lengths):
+    """agg(H) over every row for the entropy bonus (``cfg.entropy_agg_mode``)."""
+    if cfg.entropy_agg_mode == "loss":
+        return aggregate(entropy, mask, cfg.loss_agg_mode, norm.all_tokens, norm.all_sequences,
+                         norm, lengths)
+    total = (entropy * mask).sum()
+    if cfg.entropy_agg_mode == "token-mean":
+        return total / max(norm.all_tokens, 1.0)
+    # released verl actor: masked_mean(entropy, response_mask) of this micro-batch, the
+    # micro-batch losses averaged over the step's micro-batches (all DP ranks)
+    return total / mask.sum().clamp(min=1) / max(norm.num_micro_batches, 1.0)
 
 
 def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras):
@@ -50,7 +65,8 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
     default: this batch alone); mu (CHORD/EGSPO μ) or step (μ = mu_at_step(step));
     on_policy_weight, demo_rl_weight, sft_weight [B] (per-row branch coefficients, e.g. HPT);
     response_lengths [B] (valid tokens of each whole row, for seq-mean-token-mean when context
-    parallelism gives this rank only a slice of each row; default: counted from response_mask).
+    parallelism gives this rank only a slice of each row; default: counted from response_mask);
+    rewards [B] (outcome rewards: SRFT's srft_correct weights).
     Returns (loss, metrics): metrics is a dict of detached scalar tensors.
     """
     unknown = sorted(set(extras) - set(_EXTRAS))
@@ -95,7 +111,7 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
     if masks["rl"].sum() > 0:
         demo_rows = is_demo[:, None]
         obj_on, keep_on = _objective(logprobs, old_logprobs, advantages, m_all, cfg,
-                                               "on_policy", seq_entropy)
+                                     "on_policy", seq_entropy, extras.get("rewards"))
         weight = torch.ones_like(obj_on)
         if cfg.egspo_gate_mode != "off" or cfg.egspo_gate_one:
             if old_entropy is None:
@@ -106,7 +122,7 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
             weight = torch.where(demo_rows, torch.ones_like(weight), weight)
         if bool(is_demo.any()) and cfg.demo_rl_coef > 0:
             obj_demo, keep_demo = _objective(logprobs, old_logprobs, advantages, m_all, cfg,
-                                                "demo", seq_entropy)
+                                             "demo", seq_entropy, extras.get("rewards"))
             obj = torch.where(demo_rows, obj_demo, obj_on)
             keep = torch.where(demo_rows, keep_demo, keep_on)
         else:
@@ -144,8 +160,7 @@ def policy_loss(logprobs, old_logprobs, advantages, response_mask, cfg, **extras
         loss = (1.0 - mu) * rl + mu * cfg.sft_coef * sft
     ent = zero
     if entropy is not None:
-        ent = aggregate(entropy, m_all, cfg.loss_agg_mode, norm.all_tokens, norm.all_sequences, norm,
-                        extras.get("response_lengths"))
+        ent = _entropy_term(entropy, m_all, cfg, norm, extras.get("response_lengths"))
         if cfg.entropy_coef > 0:
             loss = loss - cfg.entropy_coef * ent
         metrics["entropy_mean"] = (entropy.detach() * m_all).sum() / m_all.sum().clamp(min=1)

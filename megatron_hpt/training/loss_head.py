@@ -43,7 +43,7 @@ class LossHead:
         logprobs, entropy = vocab_parallel_logprob_entropy(
             logits, batch["labels"], temperature=self.temperature,
             group=parallel_state.get_tensor_model_parallel_group(), with_entropy=True)
-        extras = {k: batch[k] for k in _ESTIMATOR_KEYS + ("ref_logprobs", "old_entropy", "mu")
+        extras = {k: batch[k] for k in _ESTIMATOR_KEYS + ("ref_logprobs", "old_entropy", "mu", "rewards")
                   if k in batch}
         if self.uses_entropy_grad:
             extras["entropy"] = entropy
