@@ -39,7 +39,8 @@ def benchmark_items(path: str, tokenizer, chat: bool, limit: Optional[int] = Non
     of a training run with ``--seed train_seed`` (the ones its own evaluation reports).
     String prompts are wrapped as one user turn when ``chat`` (the tokenizer's chat template)."""
     if path == BUILTIN:
-        return PromptSource(BUILTIN, tokenizer, train_seed + HELD_OUT_SEED_OFFSET).items(
+        return PromptSource(BUILTIN, tokenizer, train_seed + HELD_OUT_SEED_OFFSET,
+                            held_out=True).items(
             0, limit or builtin_count)
     from megatron_hpt.data.records import read_records, render_prompt
     records = read_records(path).records[:limit]

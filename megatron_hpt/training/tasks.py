@@ -25,9 +25,10 @@ from megatron_hpt.training.loss_head import LossHead
 
 
 def prompt_source(cfg: TrainingConfig, tokenizer, path: str, seed: int,
-                  need_demonstrations: bool = False) -> PromptSource:
+                  need_demonstrations: bool = False, held_out: bool = False) -> PromptSource:
     try:
-        return PromptSource(path, tokenizer, seed, cfg.data_skip_bad_rows, need_demonstrations)
+        return PromptSource(path, tokenizer, seed, cfg.data_skip_bad_rows, need_demonstrations,
+                            held_out)
     except DataError as e:
         raise ConfigError(str(e)) from e
 
@@ -37,7 +38,7 @@ def greedy_accuracy(engine, cfg: TrainingConfig, tokenizer, num_problems: int = 
     decoded by the run's rollout engine and graded by the run's reward."""
     from megatron_hpt.rollout import SamplingParams
     path = cfg.eval_data_path or BUILTIN
-    source = prompt_source(cfg, tokenizer, path, cfg.seed + HELD_OUT_SEED_OFFSET)
+    source = prompt_source(cfg, tokenizer, path, cfg.seed + HELD_OUT_SEED_OFFSET, held_out=True)
     if not source.builtin:
         num_problems = len(source.records)
     items = source.items(0, num_problems)
