@@ -2,7 +2,8 @@
 arithmetic task (2-digit addition with worked solutions), at an equal budget.
 
 Protocol (one process, CPU; sized to run in ~10-15 min on a shared 2-core machine):
-  warm-up  one SFT run from scratch (``--warmup-iters`` steps of 64 demonstrations, seed 0),
+  model    the CPU demo's: 2 layers, hidden 64 (examples/cpu_demo.sh);
+  warm-up  one SFT run from scratch (``--warmup-iters`` steps of 128 demonstrations, seed 0),
            saved once and shared by every method and seed, so that rollouts have signal;
   methods  from that checkpoint, each method runs ``--steps`` optimizer steps on the same
            number of training prompts per step (``--prompts``); the RL methods sample
@@ -28,11 +29,12 @@ import time
 
 import torch
 
-MODEL = ["--num-layers", "3", "--hidden-size", "128", "--ffn-hidden-size", "512",
+MODEL = ["--num-layers", "2", "--hidden-size", "64", "--ffn-hidden-size", "256",
          "--num-attention-heads", "4", "--num-query-groups", "2", "--seq-length", "32",
          "--max-position-embeddings", "64", "--normalization", "RMSNorm", "--swiglu",
          "--position-embedding-type", "rope", "--disable-bias-linear",
-         "--data-path", "builtin:arithmetic", "--clip-grad", "1.0", "--log-interval", "1000"]
+         "--data-path", "builtin:arithmetic", "--clip-grad", "1.0", "--log-interval", "1000",
+         "--adam-beta2", "0.98"]
 #: method -> loss preset and extra flags (same lr and budget for all)
 METHODS = {
     "SFT": ["--loss-preset", "sft"],
@@ -125,9 +127,10 @@ def warm_up(a, ckpt):
     from megatron_hpt.train import run
     from megatron_hpt.training import distributed
     try:
-        out = run(MODEL + ["--loss-preset", "sft", "--micro-batch-size", "64",
-                           "--global-batch-size", "64", "--train-iters", str(a.warmup_iters),
-                           "--lr", "3e-3", "--lr-warmup-iters", "10", "--adam-beta2", "0.98",
+        out = run(MODEL + ["--loss-preset", "sft", "--micro-batch-size", "128",
+                           "--global-batch-size", "128", "--train-iters", str(a.warmup_iters),
+                           "--lr", "3e-3", "--min-lr", "3e-4", "--lr-warmup-iters", "10",
+                           "--lr-decay-style", "cosine", "--lr-decay-iters", str(a.warmup_iters),
                            "--seed", "0", "--save", ckpt])
         return out["summary"].get("eval greedy accuracy")
     finally:
@@ -160,12 +163,12 @@ def plot(results, path):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--warmup-iters", type=int, default=150)
+    p.add_argument("--warmup-iters", type=int, default=250)
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--eval-every", type=int, default=8)
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--n", type=int, default=4)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
