@@ -171,13 +171,21 @@ def main():
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--reuse-warmup", action="store_true",
+                   help="start from the warm-up checkpoint of an earlier run (same --out)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                  "methods"))
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     ckpt = a.out + "_warmup_ckpt"
     t0 = time.time()
-    warm = warm_up(a, ckpt)
+    if a.reuse_warmup and os.path.exists(ckpt + ".json"):
+        with open(ckpt + ".json") as f:
+            warm = json.load(f)["accuracy"]
+    else:
+        warm = warm_up(a, ckpt)
+        with open(ckpt + ".json", "w") as f:
+            json.dump({"accuracy": warm, "iters": a.warmup_iters}, f)
     print(f"warm-up: {a.warmup_iters} SFT steps, held-out greedy accuracy {warm:.3f} "
           f"({time.time() - t0:.0f} s)", flush=True)
     results = {}
