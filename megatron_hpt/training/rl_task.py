@@ -152,7 +152,8 @@ class RlTask:
             gated_rows(rows), per_rank, self.updates, cfg.micro_batch_size, tok.pad_token_id,
             fill_last=parallel_state.get_pipeline_model_parallel_world_size() > 1)
         flat = [mb for mini in mini_batches for mb in mini]
-        if ro.old_logprobs == "recompute" or self.updates > 1:
+        gate_needs_entropy = cfg.loss.egspo_gate_mode in ("quantile", "soft")  # τ_B of the batch
+        if ro.old_logprobs == "recompute" or self.updates > 1 or gate_needs_entropy:
             # with several updates the head's own entropy would be the moved policy's: take
             # π_old's log-probs and entropy before the first update
             self._recompute_old_logprobs(flat)
