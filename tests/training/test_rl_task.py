@@ -88,6 +88,12 @@ def _rl_task(preset_name, extra=()):
     task.with_demos, task.stats, task.stats_extra = uses_demonstrations(cfg), {}, {}
     task.updates, task._rollout_index, task._mini_batches, task.reference = 1, None, [], None
     task.source, task.reward = PromptSource(cfg.data_path, tok, cfg.seed), arithmetic_reward
+
+    def old_entropy_without_a_model(micro_batches):  # EGSPO's gate needs π_old's entropies
+        g = torch.Generator().manual_seed(1)
+        for mb in micro_batches:
+            mb["old_entropy"] = torch.rand(mb["loss_mask"].shape, generator=g)
+    task._recompute_old_logprobs = old_entropy_without_a_model
     return task, cfg, tok
 
 
