@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CPU demo of HPT on megatron-core: no files, GPU or vLLM needed (344 s measured on 2 cores shared
-# with ~20 other busy processes; the 120 s target of a quiet 2-core machine is not measured).
+# CPU demo of HPT on megatron-core: no files, GPU or vLLM needed (164 s measured on 2 cores at load
+# average ~5 from other jobs, 344 s at ~20; a quiet 2-core machine was not available to time it).
 #   stage 1  SFT warm-up on worked solutions of the built-in 2-digit addition task (a 2-layer,
 #            hidden-64 GPT; saves a checkpoint)
 #   stage 2  HPT (the `hpt` preset as released, gate 0, switch mode) from that checkpoint:
