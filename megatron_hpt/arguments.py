@@ -96,6 +96,9 @@ def add_optimizer_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adam-beta2", type=float, default=0.999)
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--skip-grad-norm-above", type=float, default=None,
+                   help="skip the optimizer step (no update, counted as skipped) when the "
+                        "gradient norm exceeds this value (released HPT scripts: 80); off by default")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -244,6 +247,8 @@ class TrainingConfig:
     """Adam epsilon."""
     clip_grad: float = 1.0
     """Gradient-norm clip (0 = off)."""
+    skip_grad_norm_above: Optional[float] = None
+    """Skip the update when the gradient norm (before clipping) exceeds this (None = off)."""
     save: Optional[str] = None
     """Checkpoint directory to write."""
     load: Optional[str] = None
@@ -283,6 +288,8 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
     par, s = cfg.parallel, cfg.shape
     tp, pp, cp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size
     errors: List[str] = []
+    if cfg.skip_grad_norm_above is not None and not cfg.skip_grad_norm_above > 0:
+        errors.append(f"--skip-grad-norm-above {cfg.skip_grad_norm_above} must be > 0")
     if world_size % (tp * pp * cp):
         errors.append(f"world size {world_size} is not divisible by TP x PP x CP = {tp}x{pp}x{cp}; "
                       f"launch a multiple of {tp * pp * cp} processes")
@@ -419,6 +426,7 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         lr_warmup_iters=args.lr_warmup_iters, lr_decay_iters=args.lr_decay_iters,
         optimizer=args.optimizer, weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,
         adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, clip_grad=args.clip_grad,
+        skip_grad_norm_above=args.skip_grad_norm_above,
         save=args.save, load=args.load, save_interval=args.save_interval,
         no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng, finetune=args.finetune,
         log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,

@@ -52,7 +52,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
         micro_batches = task.micro_batches(iteration)
         task.attach_normalizers(micro_batches)
         metrics = train_step(model, optimizer, scheduler, micro_batches, task.loss_fn,
-                             cfg.seq_length)
+                             cfg.seq_length, cfg.skip_grad_norm_above)
         metrics.update(task.after_step())
         skipped_total = skips.update(bool(metrics["skipped"]))
         elapsed_ms = (time.perf_counter() - t0) * 1000

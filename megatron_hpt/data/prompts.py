@@ -29,8 +29,9 @@ class PromptItem:
 
 class PromptSource:
     def __init__(self, data_path: str, tokenizer, seed: int, skip_bad_rows: bool = False,
-                 need_demonstrations: bool = False):
+                 need_demonstrations: bool = False, held_out: bool = False):
         self.tokenizer, self.seed, self.builtin = tokenizer, seed, data_path == BUILTIN
+        self.held_out = held_out  # builtin: draw from the held-out split (never trained on)
         self.skipped = 0
         if not self.builtin:
             from megatron_hpt.data.records import read_records
@@ -47,7 +48,8 @@ class PromptSource:
             tok = self.tokenizer
             return [PromptItem([tok.bos_token_id] + tok.encode(p.prompt, add_special_tokens=False),
                                p.solution, p.answer)
-                    for p in arithmetic.problems(self.seed, start, count)]
+                    for p in arithmetic.problems(self.seed, start, count,
+                                                 held_out=self.held_out)]
         from megatron_hpt.data.records import epoch_order, render_prompt
         n, out = len(self.records), []
         for k in range(start, start + count):

@@ -42,7 +42,8 @@ def benchmark_items(path: str, tokenizer, chat: bool, limit: Optional[int] = Non
     Prompt characters the tokenizer can only encode as its unknown token are an error naming the
     row with ``strict_chars`` (the built-in tokenizer), else counted and reported on stderr."""
     if path == BUILTIN:
-        return PromptSource(BUILTIN, tokenizer, train_seed + HELD_OUT_SEED_OFFSET).items(
+        return PromptSource(BUILTIN, tokenizer, train_seed + HELD_OUT_SEED_OFFSET,
+                            held_out=True).items(
             0, limit or builtin_count)
     from megatron_hpt.data.records import DataError, read_records, render_prompt
     from megatron_hpt.data.tokenizer import describe_chars, unrepresentable_chars

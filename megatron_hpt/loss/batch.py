@@ -24,7 +24,8 @@ import torch
 PER_TOKEN = ("tokens", "labels", "position_ids", "response_mask", "old_logprobs", "ref_logprobs",
              "old_entropy")
 #: fields holding one value per row ([B])
-PER_ROW = ("is_demo", "on_policy_weight", "demo_rl_weight", "sft_weight", "response_lengths")
+PER_ROW = ("is_demo", "on_policy_weight", "demo_rl_weight", "sft_weight", "response_lengths",
+           "rewards", "prompt_index")
 
 
 @dataclass
@@ -58,6 +59,10 @@ class Batch:
     """[B] float: per-row weight of the SFT term (HPT gate)."""
     response_lengths: Optional[torch.Tensor] = None
     """[B] float: valid tokens of each whole row; set by ``cp_shard`` (None = count the mask)."""
+    rewards: Optional[torch.Tensor] = None
+    """[B] float: outcome reward of each row (SRFT's ``srft_correct`` weights; 0 on demo rows)."""
+    prompt_index: Optional[torch.Tensor] = None
+    """[B] long: the row's prompt within its rollout batch (whole-prompt mini-batches)."""
     mu: Optional[float] = None
     """CHORD/EGSPO mixing weight μ of this optimizer step (a scalar, not per row)."""
 
@@ -142,7 +147,7 @@ class Batch:
         """The per-row/per-token inputs of ``policy_loss`` beyond log-probs (its extras)."""
         extras = {k: getattr(self, k) for k in ("is_demo", "ref_logprobs", "old_entropy",
                                                 "on_policy_weight", "demo_rl_weight",
-                                                "sft_weight", "response_lengths")
+                                                "sft_weight", "response_lengths", "rewards")
                   if getattr(self, k) is not None}
         if self.mu is not None:
             extras["mu"] = self.mu

@@ -12,6 +12,7 @@ from .parts import ADVANTAGE_SOURCES, MASKS, REFERENCES, SFT_WEIGHTINGS, SHAPING
 NORMALIZATIONS = ("global", "micro_batch")
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
              "seq-mean-token-sum-norm", "token-sum-norm")
+ENTROPY_AGG_MODES = ("loss", "token-mean", "micro-batch-token-mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("loss", "reward")
 MU_SCHEDULES = ("none", "constant", "chord")
@@ -32,7 +33,8 @@ class LossConfig:
     gspo_sequence_clip."""
     on_policy_advantage: str = "estimated"
     """advantage: estimated (from compute_advantages), one (Â ≡ 1: SFT),
-    srft_sign (SRFT self-rollouts: 0.1·sg(exp(H̄)) if Â > 0, −1 if Â < 0)."""
+    srft_correct (SRFT self-rollouts: 0.1·sg(exp(H̄)) if the reward is 1, else −1; needs the
+    rewards extra)."""
     on_policy_shaping: str = "none"
     """likelihood shaping f on on-policy rows: none or luffy (x / (x + shaping_gamma))."""
     rl_coef: float = 1.0
@@ -59,6 +61,9 @@ class LossConfig:
     """ε_high: upper clip 1 + ε_high (DAPO clip-higher 0.28)."""
     clip_ratio_c: float = 3.0
     """dual-clip bound c (> 1) used by on/demo mask dual_clip for A < 0."""
+    log_ratio_clamp: float = 0.0
+    """clamp log(π_θ/π_ref) to [−c, c] before exp for π_ref = π_old (Trinity-RFT's PPO loss:
+    20; no gradient outside the range); 0 = off."""
 
     # ---------------- SFT term over demonstration rows ----------------
     sft_coef: float = 0.0
@@ -110,6 +115,10 @@ class LossConfig:
     # ---------------- regularisers ----------------
     entropy_coef: float = 0.0
     """c_H of the entropy bonus L −= c_H · agg(H) over every row."""
+    entropy_agg_mode: str = "loss"
+    """aggregation of the entropy bonus: loss (loss_agg_mode), token-mean (over every token of
+    the step), micro-batch-token-mean (released verl/LUFFY/HPT code: masked_mean(H,
+    response_mask) inside each micro-batch, averaged over the step's micro-batches)."""
     kl_coef: float = 0.0
     """β of the KL term to the frozen reference (0 = off)."""
     kl_estimator: str = "k3"
@@ -142,6 +151,7 @@ class LossConfig:
             "on_policy_shaping": SHAPINGS, "demo_shaping": SHAPINGS,
             "sft_weighting": SFT_WEIGHTINGS, "sft_normalization": NORMALIZATIONS,
             "mu_schedule": MU_SCHEDULES, "loss_agg_mode": AGG_MODES,
+            "entropy_agg_mode": ENTROPY_AGG_MODES,
             "advantage_estimator": ESTIMATORS, "kl_estimator": KL_ESTIMATORS,
             "kl_mode": KL_MODES, "egspo_gate_mode": GATE_MODES,
             "egspo_attenuation": ATTENUATIONS,
@@ -155,6 +165,7 @@ class LossConfig:
             ("clip_ratio_high", self.clip_ratio_high >= 0.0, ">= 0"),
             ("clip_ratio_c", self.clip_ratio_c > 1.0, "> 1"),
             ("shaping_gamma", self.shaping_gamma > 0.0, "> 0"),
+            ("log_ratio_clamp", self.log_ratio_clamp >= 0.0, ">= 0"),
             ("rl_coef", self.rl_coef >= 0.0, ">= 0"),
             ("demo_rl_coef", self.demo_rl_coef >= 0.0, ">= 0"),
             ("sft_coef", self.sft_coef >= 0.0, ">= 0"),

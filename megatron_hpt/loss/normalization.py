@@ -127,7 +127,7 @@ def compute_normalizers(micro_batches, cfg, group=None) -> Normalizers:
         dist.all_reduce(counts, group=group)
     threshold = None
     if cfg.egspo_gate_mode in ("quantile", "soft") and not cfg.egspo_gate_one:
-        if not entropies and group is None:
+        if not any(mb.get("old_entropy") is not None for mb in micro_batches):
             raise ValueError(f"egspo_gate_mode={cfg.egspo_gate_mode!r} needs 'old_entropy' in "
                              "the micro-batches given to compute_normalizers")
         values = torch.cat(entropies) if entropies else torch.zeros(0, dtype=torch.float64,

@@ -19,7 +19,7 @@ LOG_RATIO_CAP = 10.0  # GSPO: clamp log s_i at 10 (SPEC §3)
 # plus its name here.
 REFERENCES = ("pi_theta", "pi_old", "one", "gspo_sequence", "cispo")  # reference_denominator
 MASKS = ("none", "ppo_clip", "dual_clip", "gspo_sequence_clip")  # stabilization_mask
-ADVANTAGE_SOURCES = ("estimated", "one", "srft_sign")  # advantage
+ADVANTAGE_SOURCES = ("estimated", "one", "srft_correct")  # advantage
 SHAPINGS = ("none", "luffy")  # shaping, likelihood_gradient
 SFT_WEIGHTINGS = ("none", "phi", "p", "srft_entropy")  # sft_weight
 
@@ -84,30 +84,33 @@ def stabilization_mask(ratio, advantages, kind, clip_ratio_low=0.2, clip_ratio_h
     return (~drop).to(x.dtype), bound
 
 
-def advantage(advantages, kind, response_mask, sequence_entropy=None):
+def advantage(advantages, kind, response_mask, sequence_entropy=None, rewards=None):
     """Â_{i,t} (SPEC §2 "advantage"), detached, [B, T].
 
     estimated: the advantages from compute_advantages, [B] broadcast over tokens or [B, T];
     one: Â ≡ 1 (SFT row of Table 1);
-    srft_sign: SRFT self-rollouts (SPEC §4.2): 0.1·sg(exp(H̄_i)) for positive samples (Â > 0),
-      −1 for negative samples (Â < 0), 0 otherwise; H̄_i = mean token entropy of row i.
+    srft_correct: SRFT self-rollouts (SPEC §4.2; released ``compute_token_on_off_policy_srft_loss``
+      in TsinghuaC3I/Unify-Post-Training ``mix_core_alg.py``): 0.1·sg(exp(H̄_i)) for a correct
+      rollout (reward == 1), −1 otherwise, whatever the group's advantage; H̄_i = mean token
+      entropy of row i; ``rewards`` [B] are the outcome rewards.
     """
     shape = response_mask.shape
     if kind == "one":
         return torch.ones(shape, dtype=torch.float64 if advantages is None else advantages.dtype,
                           device=response_mask.device)
+    if kind == "srft_correct":
+        if sequence_entropy is None or rewards is None:
+            raise ValueError("advantage 'srft_correct' needs the entropy and rewards extras")
+        dtype = torch.float64 if advantages is None else advantages.dtype
+        w_rl = 0.1 * torch.exp(sequence_entropy.detach()).to(dtype)  # [B]
+        correct = rewards.detach().to(dtype) == 1.0
+        return torch.where(correct, w_rl, -torch.ones_like(w_rl))[:, None].expand(shape)
     if advantages is None:
         raise ValueError(f"advantage {kind!r} needs advantages")
     adv = advantages.detach()
     adv = adv[:, None].expand(shape) if adv.dim() == 1 else adv  # [B, T]
     if kind == "estimated":
         return adv
-    if kind == "srft_sign":
-        if sequence_entropy is None:
-            raise ValueError("advantage 'srft_sign' needs the entropy extra")
-        w_rl = 0.1 * torch.exp(sequence_entropy.detach())[:, None].to(adv.dtype)  # [B, 1]
-        return torch.where(adv > 0, w_rl.expand(shape),
-                           torch.where(adv < 0, -torch.ones_like(adv), torch.zeros_like(adv)))
     raise ValueError(f"unknown advantage {kind!r}")
 
 
@@ -141,17 +144,22 @@ def shaping(x, kind, gamma=0.1):
     raise ValueError(f"unknown shaping {kind!r}")
 
 
-def likelihood_gradient(logprobs, log_reference, kind, gamma=0.1, log_form=False):
+def likelihood_gradient(logprobs, log_reference, kind, gamma=0.1, log_form=False,
+                        log_ratio_clamp=0.0):
     """f(exp(ℓ − sg(log π_ref))) whose gradient is f'(x)·x·∇ℓ (SPEC §2 "likelihood gradient").
 
     LUFFY's f(x) = x/(x+γ) gives γx/(x+γ)²·∇ℓ (SPEC §4.1). With ``log_form`` (references
     built from sg(π_θ): pi_theta, cispo) the term is sg(f'(x)·x)·ℓ instead: same gradient,
     and its value is the NLL-type objective of SPEC (SFT −ℓ, CISPO sg(clip r)·A·ℓ, SRFT w·ℓ)
-    rather than the constant f(1). logprobs, log_reference: [B, T] → [B, T].
+    rather than the constant f(1). ``log_ratio_clamp`` c > 0 clamps ℓ − log π_ref to [−c, c]
+    before exp (Trinity-RFT's PPO loss, c = 20). logprobs, log_reference: [B, T] → [B, T].
     """
     if kind not in ("none", "luffy"):
         raise ValueError(f"unknown shaping {kind!r}")
-    x = torch.exp(logprobs - log_reference.detach())  # [B, T], x = π_θ / π_ref
+    log_x = logprobs - log_reference.detach()
+    if log_ratio_clamp > 0:
+        log_x = log_x.clamp(-log_ratio_clamp, log_ratio_clamp)
+    x = torch.exp(log_x)  # [B, T], x = π_θ / π_ref
     if not log_form:
         return shaping(x, kind, gamma)
     xd = x.detach()

@@ -20,7 +20,8 @@ from .parts import (LOG_FORM_REFERENCES, advantage, likelihood_gradient, referen
 from .schedule import mu_at_step
 
 _EXTRAS = ("is_demo", "entropy", "old_entropy", "ref_logprobs", "normalizers", "mu", "step",
-           "on_policy_weight", "demo_rl_weight", "sft_weight", "response_lengths", "cp_group")
+           "on_policy_weight", "demo_rl_weight", "sft_weight", "response_lengths", "cp_group",
+           "rewards")
 
 
 def _fp32(x):
@@ -39,21 +40,37 @@ def _cp_sum(x, group):
     return x
 
 
-def _objective(logprobs, old_logprobs, adv_in, mask, cfg, source, seq_entropy, seq_log_ratio):
+def _objective(logprobs, old_logprobs, adv_in, mask, cfg, source, seq_entropy, seq_log_ratio,
+               rewards):
     """Per-token estimator objective of one data source ('on_policy' or 'demo'), [B, T]."""
     ref_kind = getattr(cfg, f"{source}_reference")
     log_ref = reference_denominator(logprobs, old_logprobs, ref_kind, mask,
                                     cfg.clip_ratio_low, cfg.clip_ratio_high, seq_log_ratio)
-    adv = advantage(adv_in, getattr(cfg, f"{source}_advantage"), mask, seq_entropy)
+    adv = advantage(adv_in, getattr(cfg, f"{source}_advantage"), mask, seq_entropy, rewards)
     adv = adv.to(logprobs.dtype)
     f_kind = getattr(cfg, f"{source}_shaping")
+    clamp = cfg.log_ratio_clamp if ref_kind == "pi_old" else 0.0
     term = likelihood_gradient(logprobs, log_ref, f_kind, cfg.shaping_gamma,
-                               log_form=ref_kind in LOG_FORM_REFERENCES)
-    ratio = torch.exp(logprobs.detach() - log_ref)  # x in value
+                               log_form=ref_kind in LOG_FORM_REFERENCES, log_ratio_clamp=clamp)
+    log_x = logprobs.detach() - log_ref
+    ratio = torch.exp(log_x.clamp(-clamp, clamp) if clamp > 0 else log_x)  # x in value
     keep, bound = stabilization_mask(ratio, adv, getattr(cfg, f"{source}_mask"),
                                      cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c)
     dropped = (adv * shaping(bound, f_kind, cfg.shaping_gamma)).detach()
     return keep * adv * term + (1.0 - keep) * dropped, keep
+
+
+def _entropy_term(entropy, mask, cfg, norm, lengths, cp_group):
+    """agg(H) over every row for the entropy bonus (``cfg.entropy_agg_mode``)."""
+    if cfg.entropy_agg_mode == "loss":
+        return aggregate(entropy, mask, cfg.loss_agg_mode, norm.all_tokens, norm.all_sequences,
+                         norm, lengths)
+    total = (entropy * mask).sum()
+    if cfg.entropy_agg_mode == "token-mean":
+        return total / max(norm.all_tokens, 1.0)
+    # released verl actor: masked_mean(entropy, response_mask) of this micro-batch (its whole
+    # rows: summed over CP shards), the micro-batch losses averaged over the step's micro-batches
+    return total / _cp_sum(mask.sum(), cp_group).clamp(min=1) / max(norm.num_micro_batches, 1.0)
 
 
 def policy_loss(logprobs, old_logprobs=None, advantages=None, response_mask=None, cfg=None, *,
@@ -77,6 +94,7 @@ def policy_loss(logprobs, old_logprobs=None, advantages=None, response_mask=None
     of GSPO's sequence ratio, the row entropy H̄ and the micro-batch SFT token count are summed
     over it, detached: every CP rank must call policy_loss for the same micro-batch).
     Numerics are fp32 (bf16/fp16 inputs are upcast; fp64 stays fp64).
+    rewards [B] (outcome rewards: SRFT's srft_correct weights).
     Returns (loss, metrics): metrics is a dict of detached scalar tensors.
     """
     if batch is not None:
@@ -143,7 +161,8 @@ def policy_loss(logprobs, old_logprobs=None, advantages=None, response_mask=None
     if masks["rl"].sum() > 0:
         demo_rows = is_demo[:, None]
         obj_on, keep_on = _objective(logprobs, old_logprobs, advantages, m_all, cfg,
-                                               "on_policy", seq_entropy, seq_log_ratio)
+                                               "on_policy", seq_entropy, seq_log_ratio,
+                                               extras.get("rewards"))
         weight = torch.ones_like(obj_on)
         if cfg.egspo_gate_mode != "off" or cfg.egspo_gate_one:
             if old_entropy is None:
@@ -154,7 +173,8 @@ def policy_loss(logprobs, old_logprobs=None, advantages=None, response_mask=None
             weight = torch.where(demo_rows, torch.ones_like(weight), weight)
         if bool(is_demo.any()) and cfg.demo_rl_coef > 0:
             obj_demo, keep_demo = _objective(logprobs, old_logprobs, advantages, m_all, cfg,
-                                                "demo", seq_entropy, seq_log_ratio)
+                                                "demo", seq_entropy, seq_log_ratio,
+                                                extras.get("rewards"))
             obj = torch.where(demo_rows, obj_demo, obj_on)
             keep = torch.where(demo_rows, keep_demo, keep_on)
         else:
@@ -192,8 +212,7 @@ def policy_loss(logprobs, old_logprobs=None, advantages=None, response_mask=None
         loss = (1.0 - mu) * rl + mu * cfg.sft_coef * sft
     ent = zero
     if entropy is not None:
-        ent = aggregate(entropy, m_all, cfg.loss_agg_mode, norm.all_tokens, norm.all_sequences, norm,
-                        lengths)
+        ent = _entropy_term(entropy, m_all, cfg, norm, lengths, cp_group)
         if cfg.entropy_coef > 0:
             loss = loss - cfg.entropy_coef * ent
         metrics["entropy_mean"] = (entropy.detach() * m_all).sum() / m_all.sum().clamp(min=1)

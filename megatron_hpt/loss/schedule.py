@@ -5,7 +5,9 @@ import math
 
 
 def mu_at_step(step: int, cfg) -> float:
-    """μ at optimizer ``step`` (0-based) for ``cfg.mu_schedule``.
+    """μ at optimizer ``step`` for ``cfg.mu_schedule``; ``step`` is the step number as
+    Trinity-RFT counts it (``global_steps``, 1 for the first optimizer step): the trainer
+    passes iteration + 1 (hybrid/gate_rows.chord_step).
 
     none → 0 (no mixing); constant → μ_peak; chord → μ_peak·step/warmup during the
     ``mu_warmup_steps``, then μ_valley + (μ_peak − μ_valley)·½(1 + cos(π·k/decay)) for

@@ -14,9 +14,10 @@ from megatron_hpt.rollout.protocol import SamplingParams
 
 
 def prompt_source(cfg: TrainingConfig, tokenizer, path: str, seed: int,
-                  need_demonstrations: bool = False) -> PromptSource:
+                  need_demonstrations: bool = False, held_out: bool = False) -> PromptSource:
     try:
-        return PromptSource(path, tokenizer, seed, cfg.data_skip_bad_rows, need_demonstrations)
+        return PromptSource(path, tokenizer, seed, cfg.data_skip_bad_rows, need_demonstrations,
+                            held_out)
     except DataError as e:
         raise ConfigError(str(e)) from e
 
@@ -27,7 +28,7 @@ def greedy_accuracy(engine, cfg: TrainingConfig, tokenizer, num_problems: int = 
     evaluation's avg@1 with one greedy sample per problem (a problem counts as correct when its
     reward is nonzero)."""
     path = cfg.eval_data_path or BUILTIN
-    source = prompt_source(cfg, tokenizer, path, cfg.seed + HELD_OUT_SEED_OFFSET)
+    source = prompt_source(cfg, tokenizer, path, cfg.seed + HELD_OUT_SEED_OFFSET, held_out=True)
     if not source.builtin:
         num_problems = len(source.records)
     items = source.items(0, num_problems)

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_hpt.platform import device
+from megatron_hpt.training.grad_skip import over_grad_norm_limit
 
 
 class NonFiniteStop(RuntimeError):
@@ -40,10 +41,12 @@ def _sub_optimizers(optimizer) -> List:
     return list(getattr(optimizer, "chained_optimizers", [optimizer]))
 
 
-def guarded_optimizer_step(optimizer, loss: Optional[float]) -> Tuple[bool, float]:
+def guarded_optimizer_step(optimizer, loss: Optional[float],
+                           max_grad_norm: Optional[float] = None) -> Tuple[bool, float]:
     """megatron's ``optimizer.step()`` (prepare grads, grad norm, clip, update) with the update
     skipped when ``loss`` (None on ranks that hold no loss) or the gradient norm is not finite on
-    any rank. Returns ``(update_successful, grad_norm)``."""
+    any rank, or the norm exceeds ``max_grad_norm`` (--skip-grad-norm-above, grad_skip.py; the
+    norm is already global, so every rank decides alike). Returns ``(update_successful, grad_norm)``."""
     from megatron.core.optimizer import optimizer as mcore_optimizer  # looked up at call time
 
     if optimizer.prepare_grads():  # fp16 loss scaling found inf/nan (the scale is already lowered)
@@ -51,6 +54,8 @@ def guarded_optimizer_step(optimizer, loss: Optional[float]) -> Tuple[bool, floa
     grad_norm = float(optimizer.get_grad_norm())
     bad_loss = loss is not None and not math.isfinite(loss)
     if any_rank(bad_loss or not math.isfinite(grad_norm)):
+        return False, grad_norm
+    if over_grad_norm_limit(grad_norm, max_grad_norm):
         return False, grad_norm
     for opt in _sub_optimizers(optimizer):
         if getattr(opt, "is_stub_optimizer", False) or opt.config.clip_grad <= 0.0:

@@ -39,6 +39,7 @@ from megatron_hpt.rollout.config import rows_per_rollout, uses_demonstrations
 from megatron_hpt.data.prompts import PromptSource
 from megatron_hpt.data.sft_batch import sft_rows
 from megatron_hpt.hybrid import hpt_branch_coefficients
+from megatron_hpt.hybrid.gate_rows import chord_step, gated_rows, mini_batches as cut_mini_batches
 from megatron_hpt.loss import compute_advantages, mu_at_step
 from megatron_hpt.loss.batch import Batch
 from megatron_hpt.rollout import SamplingParams
@@ -100,7 +101,7 @@ class RlTask:
         micro_batches = self._mini_batches[update]
         if self.cfg.loss.mu_schedule != "none":  # CHORD's SFT mixing weight of this step
             for mb in micro_batches:
-                mb.mu = mu_at_step(iteration, self.cfg.loss)
+                mb.mu = mu_at_step(chord_step(iteration), self.cfg.loss)
         return micro_batches
 
     def _rollout(self, index: int) -> List[List[Batch]]:
@@ -145,13 +146,18 @@ class RlTask:
         if ro.hpt_mode != "off":
             rows = rows.replace(on_policy_weight=on_w.reshape(-1), sft_weight=sft_w.reshape(-1),
                                 demo_rl_weight=demo_rl_w.reshape(-1))
+        rows = rows.replace(
+            rewards=all_rewards.reshape(-1).float(),
+            prompt_index=torch.arange(per_rank)[:, None].expand(per_rank, per_row).reshape(-1))
         device = platform.device()
         rows = rows.to(device)  # the one move of the step's rows: everything below is on device
-        micro, rows_per_update = cfg.micro_batch_size, per_rank * per_row // self.updates
-        mini_batches = [rows.select(slice(start, start + rows_per_update)).split(micro)
-                        for start in range(0, per_rank * per_row, rows_per_update)]
+        # rows the gate switches off are removed, not kept at weight 0 (hybrid/gate_rows.py)
+        mini_batches = cut_mini_batches(
+            gated_rows(rows), per_rank, self.updates, cfg.micro_batch_size, tok.pad_token_id,
+            fill_last=parallel_state.get_pipeline_model_parallel_world_size() > 1)
         flat = [mb for mini in mini_batches for mb in mini]
-        if ro.old_logprobs == "recompute" or self.updates > 1:
+        gate_needs_entropy = cfg.loss.egspo_gate_mode in ("quantile", "soft")  # τ_B of the batch
+        if ro.old_logprobs == "recompute" or self.updates > 1 or gate_needs_entropy:
             # with several updates the head's own entropy would be the moved policy's: take
             # π_old's log-probs and entropy before the first update
             self._recompute_old_logprobs(flat)
@@ -161,13 +167,17 @@ class RlTask:
         extras = {}
         if cfg.loss.kl_mode == "reward" and self.reference is not None and flat[0].ref_logprobs is not None:
             extras = {k: torch.cat([getattr(mb, k) for mb in flat]) for k in ("old_logprobs", "ref_logprobs")}
-        group = torch.arange(per_rank, device=device)[:, None].expand(per_rank, per_row).reshape(-1)
+
+        def cat(key):
+            return torch.cat([getattr(mb, key) for mb in flat])
         advantages = compute_advantages(
-            all_rewards.reshape(-1).to(device), group, cfg.loss, is_demo=rows.is_demo,
-            response_mask=rows.response_mask,
+            cat("rewards"), cat("prompt_index"), cfg.loss, is_demo=cat("is_demo"),
+            response_mask=cat("response_mask"),
             group=parallel_state.get_data_parallel_group(), **extras).float()
-        for i, mb in enumerate(flat):
-            mb.advantages = advantages[i * micro:(i + 1) * micro]
+        offset = 0
+        for mb in flat:
+            mb.advantages = advantages[offset:offset + mb.num_rows]
+            offset += mb.num_rows
         self._record(rewards, branch.sft_share, rollouts.response_mask.sum(1), samples)
         return mini_batches
 

@@ -19,6 +19,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_hpt.loss.batch import Batch, cp_unshard
+from megatron_hpt.training.grad_skip import over_grad_norm_limit
 from megatron_hpt.training.nonfinite import guarded_optimizer_step
 
 #: (logits [b, s, V/TP], micro_batch) -> (loss scalar, local token count, {name: tensor})
@@ -170,20 +171,25 @@ def forward_logprobs(model, micro_batches: List[Batch], seq_length: int,
     return list(out) if parallel_state.is_pipeline_last_stage(ignore_virtual=True) else []
 
 
-def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_length: int
-               ) -> Dict[str, float]:
+def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_length: int,
+               skip_grad_norm_above=None) -> Dict[str, float]:
     """One optimizer step: zero grads, forward/backward all micro-batches, clip, update, LR step.
     Returns metrics plus ``grad_norm``, ``lr`` and ``skipped`` (1 if the update was skipped: the
-    loss or the gradient norm was not finite, see ``nonfinite.py``)."""
+    loss or the gradient norm was not finite, see ``nonfinite.py``, or the norm was above
+    ``skip_grad_norm_above``, then also ``skipped grad norm`` = 1, see ``grad_skip.py``)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     metrics = forward_backward(model, micro_batches, loss_fn, seq_length,
                                additive=getattr(loss_fn, "additive_metrics", ("lm loss",)))
     # skipped (no update, no schedule step) when the loss or grad norm is not finite on any rank
-    update_successful, grad_norm = guarded_optimizer_step(optimizer, metrics.get("lm loss"))
+    # or the grad norm is above --skip-grad-norm-above
+    update_successful, grad_norm = guarded_optimizer_step(optimizer, metrics.get("lm loss"),
+                                                          skip_grad_norm_above)
     if update_successful:
         scheduler.step(increment=1)
     metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                    lr=optimizer.param_groups[0]["lr"], skipped=0.0 if update_successful else 1.0)
+    if skip_grad_norm_above is not None:
+        metrics["skipped grad norm"] = float(over_grad_norm_limit(grad_norm, skip_grad_norm_above))
     return metrics

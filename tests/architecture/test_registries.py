@@ -189,7 +189,7 @@ def test_greedy_accuracy_is_the_evaluations_avg_at_1(user_rewards):
     tok = build_char_tokenizer()
     cfg = build_config(build_parser().parse_args(
         TINY_MODEL + TRAIN + ["--reward-fn", f"{user_rewards}:contains"]), 1, len(tok))
-    items = PromptSource(BUILTIN, tok, cfg.seed + HELD_OUT_SEED_OFFSET).items(0, 8)
+    items = PromptSource(BUILTIN, tok, cfg.seed + HELD_OUT_SEED_OFFSET, held_out=True).items(0, 8)
     asked = []
 
     class Engine:

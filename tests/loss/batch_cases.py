@@ -37,7 +37,8 @@ def make_case(name, seed=0, cfg=None):
                   labels=torch.randint(0, 50, (b, T), generator=g),
                   position_ids=pos.expand(b, T).contiguous(), response_mask=mask,
                   is_demo=is_demo, old_logprobs=old * mask, ref_logprobs=ref,
-                  old_entropy=h, mu=0.3 if cfg.mu_schedule != "none" else None)
+                  old_entropy=h, rewards=torch.tensor(REWARDS, dtype=torch.float64),
+                  mu=0.3 if cfg.mu_schedule != "none" else None)
     if name.startswith("hpt"):
         batch.on_policy_weight = torch.rand(b, generator=g, dtype=torch.float64)
         batch.sft_weight = torch.rand(b, generator=g, dtype=torch.float64) * is_demo

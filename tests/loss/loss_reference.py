@@ -48,6 +48,13 @@ def ppo(r, a, lo, hi):
     return torch.minimum(r * a, torch.clamp(r, 1 - lo, 1 + hi) * a)
 
 
+def ppo_dual(r, a, lo=.2, hi=.2, c=3.0):
+    """Trinity-RFT's PPO loss (minimised): max(−a·r, −a·clip(r)), then for a < 0 the dual
+    clip min(·, −a·c)."""
+    clipped = torch.maximum(-a * r, -a * torch.clamp(r, 1 - lo, 1 + hi))
+    return torch.minimum(clipped, torch.as_tensor(-a * c, dtype=r.dtype)) if a < 0 else clipped
+
+
 def token_mean(terms):
     return sum(terms) / len(terms) if terms else 0.0
 
@@ -125,32 +132,29 @@ def reference(name, lp, old, R, groups, mask, demo, H, step=0, L_max=None, **kw)
         var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
         return token_mean([-ppo(r[i, t], (G[i, t] - mean) / math.sqrt(var + 1e-8), .2, .2)
                            for (i, t) in G])
-    if name == "luffy":
+    ent_mean = token_mean([H[i, t] for i in allr for t in valid(mask, i)])  # masked_mean(H)
+    if name == "luffy":  # released: one micro-batch, Σ/L_max, entropy = masked_mean
         A = grpo_adv(R, groups, allr, std=False)  # mixed group, no std
         total = sum(-A[i] * r[i, t] for i in on for t in valid(mask, i))
         total = total + sum(-A[i] * p[i, t] / (p[i, t] + 0.1) for i in dm for t in valid(mask, i))
-        ent = sum(H[i, t] for i in allr for t in valid(mask, i)) / (L_max * B)
-        return total / (L_max * B) - 0.001 * ent
-    if name == "srft":
-        A = grpo_adv(R, groups, allr)  # GRPO over the augmented group
+        return total / L_max - 0.001 * ent_mean
+    if name in ("srft", "srft_paper"):
+        paper = name == "srft_paper"
+        A = grpo_adv(R, groups, allr, std=paper)  # over the augmented group
         rl = []
         for i in on:
             hbar = mean_entropy(H, mask, i)
-            for t in valid(mask, i):
-                if A[i] > 0:
-                    rl.append(-0.1 * math.exp(hbar) * lp[i, t])
-                elif A[i] < 0:
-                    rl.append(lp[i, t])
-                else:
-                    rl.append(0.0 * lp[i, t])
+            w = 0.1 * math.exp(hbar) if float(R[i]) == 1.0 else -1.0  # correctness, not sign(A)
+            rl += [-w * lp[i, t] for t in valid(mask, i)]
         for i in dm:
-            for t in valid(mask, i):
-                rl.append(-A[i] * p[i, t] / (p[i, t] + 0.1))
+            rl += [-A[i] * p[i, t] / (p[i, t] + 0.1) for t in valid(mask, i)]
         sft = [-0.5 * math.exp(-mean_entropy(H, mask, i)) * lp[i, t] for i in dm for t in valid(mask, i)]
-        return token_mean(rl) + token_mean(sft)
-    if name in ("chord_mu", "chord_phi"):
+        pg = token_mean(rl) if paper else sum(rl) / L_max
+        return pg + token_mean(sft) - 0.001 * ent_mean
+    if name in ("chord_mu", "chord_phi"):  # Trinity: dual clip c = 3, log-ratio clamp ±20
         A = grpo_adv(R, groups, on)
-        grpo_term = token_mean([-ppo(r[i, t], A[i], .2, .2) for i in on for t in valid(mask, i)])
+        rc = torch.exp(torch.clamp(lp - old, -20.0, 20.0))
+        grpo_term = token_mean([ppo_dual(rc[i, t], A[i]) for i in on for t in valid(mask, i)])
         if name == "chord_mu":
             mu = chord_mu(step, 0, 200, 0.9, 0.05)
             sft = token_mean([-lp[i, t] for i in dm for t in valid(mask, i)])
@@ -162,14 +166,12 @@ def reference(name, lp, old, R, groups, mask, demo, H, step=0, L_max=None, **kw)
         A = grpo_adv(R, groups, on, std=False)
         rl = sum(-A[i] * r[i, t] for i in on for t in valid(mask, i)) / L_max
         sft = token_mean([-lp[i, t] for i in dm for t in valid(mask, i)])
-        ent = sum(H[i, t] for i in allr for t in valid(mask, i)) / L_max
-        return rl + sft - 0.001 * ent
+        return rl + sft - 0.001 * ent_mean
     if name == "hpt_clean":
         A = grpo_adv(R, groups, on, std=False)
         rl = sum(-ppo(r[i, t], A[i], .2, .2) for i in on for t in valid(mask, i)) / (L_max * len(on))
         sft = token_mean([-lp[i, t] for i in dm for t in valid(mask, i)])
-        ent = sum(H[i, t] for i in allr for t in valid(mask, i)) / (L_max * B)
-        return rl + sft - 0.001 * ent
+        return rl + sft - 0.001 * ent_mean
     if name == "egspo":
         A = grpo_adv(R, groups, on)
         hs = sorted(float(H[i, t].detach()) for i in on for t in valid(mask, i))

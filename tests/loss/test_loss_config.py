@@ -10,7 +10,7 @@ from megatron_hpt.loss.cli import add_loss_arguments, loss_config_from_args
 
 DESIGN_PRESETS = ["sft", "reinforce", "grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo",
                   "reinforce_pp", "luffy", "srft", "chord_mu", "chord_phi", "hpt", "hpt_clean",
-                  "egspo"]
+                  "egspo", "srft_paper"]
 
 
 def test_every_design_preset_is_registered():

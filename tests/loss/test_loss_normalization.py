@@ -30,12 +30,14 @@ def step_loss(name, b, sizes, cfg=None, group=None, rows=None):
     total = 0.0
     for s in mbs:
         loss, _ = L.policy_loss(b["lp"][s], b["old"][s], A[s], b["mask"][s], cfg, is_demo=b["demo"][s],
-                                entropy=b["H"][s], old_entropy=b["H"][s].detach(), normalizers=norm, step=3)
+                                entropy=b["H"][s], old_entropy=b["H"][s].detach(), normalizers=norm, step=3,
+                                rewards=b["R"][s])
         total = total + loss
     return total, norm
 
 
-@pytest.mark.parametrize("name", ["grpo", "hpt_clean", "luffy", "egspo", "srft", "dr_grpo", "gspo"])
+@pytest.mark.parametrize("name", ["grpo", "hpt_clean", "egspo", "srft_paper", "dr_grpo", "gspo",
+                                  "chord_phi"])
 def test_micro_batch_split_invariance(name):
     b = make_batch(seed=11)
     ref, _ = step_loss(name, b, SPLITS[1])
@@ -59,7 +61,8 @@ def test_hpt_micro_batch_sft_mean_is_the_released_formula():
         assert len(set(demo_tokens)) > 1  # micro-batches hold different demo-token counts
         loss, _ = step_loss("hpt", b, SPLITS[n])
         # released code: per micro-batch Σ(−A·r)/L_max + mean over its demo tokens of −ℓ
-        # − 0.001·ΣH/L_max, averaged over the micro-batches of the step
+        # − 0.001·masked_mean(H) (the micro-batch's token mean, whatever the policy loss's
+        # aggregation), averaged over the micro-batches of the step
         released = 0.0
         for s in mbs:
             m, d = b["mask"][s], b["demo"][s][:, None].double()
@@ -67,7 +70,7 @@ def test_hpt_micro_batch_sft_mean_is_the_released_formula():
             rl = (-(A[s][:, None]) * r * m * (1 - d)).sum() / lmax
             n_demo = (m * d).sum()
             sft = (-(b["lp"][s]) * m * d).sum() / n_demo if n_demo > 0 else 0.0
-            ent = (b["H"][s] * m).sum() / lmax
+            ent = (b["H"][s] * m).sum() / m.sum()
             released = released + (rl + sft - 0.001 * ent) / n
         assert torch.allclose(loss, released, rtol=1e-10)
         g, = torch.autograd.grad(loss, b["lp"])

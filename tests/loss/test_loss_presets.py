@@ -36,7 +36,8 @@ def library_loss(name, b, step=7, cfg=None):
     cfg = cfg or L.preset(name).replace(**OVERRIDES.get(name, {}))
     A = L.compute_advantages(b["R"], b["groups"], cfg, is_demo=b["demo"], response_mask=b["mask"])
     loss, metrics = L.policy_loss(b["lp"], b["old"], A, b["mask"], cfg, is_demo=b["demo"],
-                                  entropy=b["H"], old_entropy=b["H"].detach(), step=step)
+                                  entropy=b["H"], old_entropy=b["H"].detach(), step=step,
+                                  rewards=b["R"])
     return loss, metrics
 
 
@@ -94,7 +95,8 @@ def test_egspo_with_gate_one_equals_chord_phi():
     b = make_batch(seed=3)
     egspo = L.preset("egspo").replace(egspo_gate_one=True)
     l1, _ = library_loss("egspo", b, cfg=egspo)
-    l2, _ = library_loss("chord_phi", b)
+    l2, _ = library_loss("chord_phi", b, cfg=L.preset("chord_phi").replace(
+        on_policy_mask="ppo_clip", log_ratio_clamp=0.0))
     g1, = torch.autograd.grad(l1, b["lp"])
     g2, = torch.autograd.grad(l2, b["lp"])
     assert torch.allclose(l1, l2, **TOL) and torch.allclose(g1, g2, **TOL)
@@ -158,9 +160,9 @@ def test_hpt_switch_mode_row_weights_drop_rollouts():
     A2 = L.compute_advantages(b["R"][keep], b["groups"][keep], cfg, is_demo=b["demo"][keep])
     loss2, _ = L.policy_loss(b["lp"][keep], b["old"][keep], A2, b["mask"][keep], cfg,
                              is_demo=b["demo"][keep], entropy=b["H"][keep])
-    ent_gap = cfg.entropy_coef * (
-        (b["H"] * b["mask"]).sum() / (cfg.max_response_length * len(GROUPS))
-        - (b["H"][keep] * b["mask"][keep]).sum() / (cfg.max_response_length * int(keep.sum())))
+    ent_gap = cfg.entropy_coef * (  # hpt_clean: entropy token-mean over the rows present
+        (b["H"] * b["mask"]).sum() / b["mask"].sum()
+        - (b["H"][keep] * b["mask"][keep]).sum() / b["mask"][keep].sum())
     assert torch.allclose(loss, loss2 - ent_gap, **TOL)
 
 

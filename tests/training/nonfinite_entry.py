@@ -25,7 +25,7 @@ def train_with_faults(argv: list, faults: dict) -> dict:
     real = trainer.train_step
     calls = []
 
-    def step(model, optimizer, scheduler, micro_batches, loss_fn, seq_length):
+    def step(model, optimizer, scheduler, micro_batches, loss_fn, seq_length, *rest):
         fault = faults.get(len(calls) + 1)
         fn = loss_fn
         if fault == "grad":
@@ -40,7 +40,7 @@ def train_with_faults(argv: list, faults: dict) -> dict:
             fn.additive_metrics = getattr(loss_fn, "additive_metrics", ("lm loss",))
         weights = [p.detach().clone() for c in model for p in c.parameters()]
         moments, sched = _adam_moments(optimizer), scheduler.num_steps
-        metrics = real(model, optimizer, scheduler, micro_batches, fn, seq_length)
+        metrics = real(model, optimizer, scheduler, micro_batches, fn, seq_length, *rest)
         after = [p.detach() for c in model for p in c.parameters()]
         moments_after = _adam_moments(optimizer)
         calls.append(dict(

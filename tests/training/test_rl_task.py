@@ -88,6 +88,12 @@ def _rl_task(preset_name, extra=()):
     task.with_demos, task.stats, task.stats_extra = uses_demonstrations(cfg), {}, {}
     task.updates, task._rollout_index, task._mini_batches, task.reference = 1, None, [], None
     task.source, task.reward = PromptSource(cfg.data_path, tok, cfg.seed), arithmetic_reward
+
+    def old_entropy_without_a_model(micro_batches):  # EGSPO's gate needs π_old's entropies
+        g = torch.Generator().manual_seed(1)
+        for mb in micro_batches:
+            mb.old_entropy = torch.rand(mb.response_mask.shape, generator=g, device=mb.device)
+    task._recompute_old_logprobs = old_entropy_without_a_model
     return task, cfg, tok
 
 
@@ -108,31 +114,43 @@ def rows_of_one_step(preset_name, correct, extra=()):
 
 
 def test_hpt_rows_gate_rewards_and_advantages():
+    """Switch mode at gate 0 as released: the all-wrong prompt's rollouts are removed and only
+    its demonstration stays; the other prompts keep their rollouts and lose their demos."""
     correct = [0, 1, 3]
     (rows, stats, solutions, n_mb), = run_distributed(rows_of_one_step, 1, "hpt", correct)
     n = 4
-    assert n_mb == 3 and rows["tokens"].shape[0] == 3 * (n + 1)
-    assert rows["is_demo"].tolist() == ([False] * n + [True]) * 3
-    # gate 0: the all-wrong prompt takes the SFT branch, its rollouts are dropped
-    assert rows["on_policy_weight"].tolist() == [0.0] * n + [0.0] + ([1.0] * n + [0.0]) * 2
-    assert rows["sft_weight"].tolist() == [0.0] * n + [1.0] + ([0.0] * n + [0.0]) * 2
-    # Dr.GRPO over each prompt's rollouts (the demo is outside the group): A = R - mean_G
-    for j, c in enumerate(correct):
+    assert n_mb == 2 and rows["tokens"].shape[0] == 1 + 2 * n  # 9 rows in micro-batches of 5
+    assert rows["is_demo"].tolist() == [True] + [False] * (2 * n)
+    assert rows["prompt_index"].tolist() == [0] + [1] * n + [2] * n
+    assert rows["on_policy_weight"].tolist() == [0.0] + [1.0] * (2 * n)
+    assert rows["sft_weight"].tolist() == [1.0] + [0.0] * (2 * n)
+    # Dr.GRPO over each prompt's rollouts: A = R - mean_G
+    for j, c in enumerate(correct[1:]):
         rewards = [1.0] * c + [0.0] * (n - c)
         mean = sum(rewards) / n
-        got = rows["advantages"][j * (n + 1): j * (n + 1) + n].tolist()
+        got = rows["advantages"][1 + j * n: 1 + (j + 1) * n].tolist()
         assert got == pytest.approx([r - mean for r in rewards], abs=1e-7)
     assert stats["reward"] == pytest.approx(sum(correct) / 12)
     assert stats["sft share"] == pytest.approx(1 / 3)
     # the demonstration row is the worked solution; old log-probs sit under the response labels
     from megatron_hpt.data.tokenizer import build_char_tokenizer
     tok = build_char_tokenizer()
-    demo = rows["labels"][n][rows["response_mask"][n] > 0].tolist()
+    demo = rows["labels"][0][rows["response_mask"][0] > 0].tolist()
     assert tok.decode(demo, skip_special_tokens=True) == solutions[0]
-    first = rows["response_mask"][0].nonzero().flatten()
-    assert rows["old_logprobs"][0][first].tolist() == pytest.approx(
+    first = rows["response_mask"][1].nonzero().flatten()
+    assert rows["old_logprobs"][1][first].tolist() == pytest.approx(
         [-0.5 - 0.01 * t for t in range(len(first))])
-    assert (rows["old_logprobs"][0][rows["response_mask"][0] == 0] == 0).all()
+    assert (rows["old_logprobs"][1][rows["response_mask"][1] == 0] == 0).all()
+
+
+def test_soft_gate_keeps_rows_with_any_weight():
+    """Soft mode: every row with a non-zero weight in some term stays; c = 4 of 4 gives the
+    table's (1, 0, 0), so that prompt's demonstration is removed."""
+    (rows, _, _, _), = run_distributed(rows_of_one_step, 1, "hpt", [1, 2, 4],
+                                       ["--hpt-mode", "soft", "--loss-demo-rl-coef", "1"])
+    # n = 4: c = 1, 2, 4 -> eighths 2, 4, 8 -> (.125, .5, .5), (.5, .5, .125), (1, 0, 0)
+    assert rows["prompt_index"].tolist() == [0] * 5 + [1] * 5 + [2] * 4
+    assert rows["sft_weight"].tolist() == [0.0] * 4 + [0.5] + [0.0] * 4 + [0.125] + [0.0] * 4
 
 
 def test_grpo_rows_have_no_demonstrations():
