@@ -93,6 +93,7 @@ def build_gpt_model(shape: ModelShape, config: TransformerConfig, pre_process: b
         rope_scaling_factor=shape.rope_scaling_factor or 8.0,
         vp_stage=vp_stage,
     )
-    if not cuda_available():
+    on_meta = any(p.is_meta for p in model.parameters())  # tools/plan.py counts without memory
+    if not cuda_available() and not on_meta:
         model = model.to(torch.device("cpu"))
     return model
