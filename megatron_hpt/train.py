@@ -19,6 +19,7 @@ from megatron_hpt.training import distributed
 from megatron_hpt.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_hpt.training.logging import MetricsLogger, format_iteration_line, is_logging_rank
 from megatron_hpt.training.setup import build_model, build_optimizer
+from megatron_hpt.training.signals import ExitSignalHandler
 from megatron_hpt.training.step import train_step
 from megatron_hpt.training.tasks import build_task, read_training_prompts
 
@@ -33,7 +34,10 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
 
     distributed.initialize(cfg.parallel.tensor_model_parallel_size,
                            cfg.parallel.pipeline_model_parallel_size,
-                           cfg.parallel.context_parallel_size, seed=cfg.seed)
+                           cfg.parallel.context_parallel_size, seed=cfg.seed,
+                           virtual_pipeline_model_parallel_size=(
+                               cfg.parallel.virtual_pipeline_model_parallel_size),
+                           timeout_minutes=cfg.parallel.distributed_timeout_minutes)
     model = build_model(cfg)
     optimizer, scheduler = build_optimizer(cfg, model)
     start = 0
@@ -44,6 +48,8 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
     logger = MetricsLogger(cfg.tensorboard_dir, cfg.log_interval)
 
     history, skipped_total = [], 0
+    exit_handler = ExitSignalHandler(cfg.exit_signal) if cfg.exit_signal else None
+    saved_at = None
     for iteration in range(start, cfg.train_iters):
         t0 = time.perf_counter()
         micro_batches = task.micro_batches(iteration)
@@ -65,10 +71,24 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
                       flush=True)
         history.append(dict(metrics, iteration=iteration + 1))
         if cfg.save and cfg.save_interval and (iteration + 1) % cfg.save_interval == 0:
-            save_checkpoint(cfg.save, iteration + 1, model, optimizer, scheduler, cfg.shape)
-    if cfg.save and start < cfg.train_iters and not (
-            cfg.save_interval and cfg.train_iters % cfg.save_interval == 0):
-        save_checkpoint(cfg.save, cfg.train_iters, model, optimizer, scheduler, cfg.shape)
+            save_checkpoint(cfg.save, iteration + 1, model, optimizer, scheduler, cfg.shape,
+                            keep_last=cfg.keep_last)
+            saved_at = iteration + 1
+        if exit_handler is not None and exit_handler.should_exit():
+            if cfg.save and saved_at != iteration + 1:
+                save_checkpoint(cfg.save, iteration + 1, model, optimizer, scheduler, cfg.shape,
+                                keep_last=cfg.keep_last)
+            if is_logging_rank():
+                print(f" exiting on {cfg.exit_signal} after iteration {iteration + 1} "
+                      f"(checkpoint saved: {bool(cfg.save)})", flush=True)
+            break
+    else:
+        if cfg.save and start < cfg.train_iters and not (
+                cfg.save_interval and cfg.train_iters % cfg.save_interval == 0):
+            save_checkpoint(cfg.save, cfg.train_iters, model, optimizer, scheduler, cfg.shape,
+                            keep_last=cfg.keep_last)
+    if exit_handler is not None:
+        exit_handler.restore()
     summary = task.finish(model)
     if summary and is_logging_rank():
         print(" | ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)

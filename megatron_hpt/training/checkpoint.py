@@ -56,9 +56,26 @@ def _model_state(model: List) -> dict:
         f"model{i}": unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(model)}
 
 
+def rotate_checkpoints(root: str, keep_last: int) -> List[str]:
+    """Delete all but the newest ``keep_last`` ``iter_*`` directories of ``root`` (never
+    ``release``, never the tracker's iteration, never ``*.tmp``). Returns the deleted paths."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    current = read_tracker(root)
+    iters = sorted(int(name[5:]) for name in os.listdir(root)
+                   if name.startswith("iter_") and name[5:].isdigit()
+                   and os.path.isdir(os.path.join(root, name)))
+    doomed = [i for i in iters[:-keep_last] if str(i) != current]
+    paths = [iteration_dir(root, i) for i in doomed]
+    for path in paths:
+        shutil.rmtree(path)
+    return paths
+
+
 def save_checkpoint(root: str, iteration: int, model: List, optimizer=None, scheduler=None,
-                    shape=None) -> str:
-    """Collective: every rank calls it. Returns the final directory."""
+                    shape=None, keep_last: Optional[int] = None) -> str:
+    """Collective: every rank calls it. Returns the final directory. With ``keep_last``, older
+    ``iter_*`` directories are deleted once this one is complete and named by the tracker."""
     final = iteration_dir(root, iteration)
     tmp = final + ".tmp"
     rank = dist.get_rank()
@@ -82,6 +99,8 @@ def save_checkpoint(root: str, iteration: int, model: List, optimizer=None, sche
             shutil.rmtree(final)
         os.replace(tmp, final)
         _write_atomic(os.path.join(root, TRACKER), str(iteration))
+        if keep_last is not None:
+            rotate_checkpoints(root, keep_last)
     dist.barrier()
     return final
 

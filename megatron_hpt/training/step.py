@@ -82,6 +82,12 @@ def reduce_metrics(per_microbatch: List[Dict[str, torch.Tensor]],
     return out
 
 
+def _iterators(micro_batches, model):
+    """One iterator, or one per model chunk (interleaved 1F1B runs every chunk over every
+    micro-batch: each chunk reads the positions, the first the tokens, the last the labels)."""
+    return iter(micro_batches) if len(model) == 1 else [iter(micro_batches) for _ in model]
+
+
 def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_fn: LossFn,
                      seq_length: int, forward_only: bool = False,
                      additive=("lm loss",)) -> Dict[str, float]:
@@ -89,7 +95,7 @@ def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_f
     (on the last pipeline stage; {} elsewhere)."""
     outputs = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, loss_fn),
-        data_iterator=iter(micro_batches),
+        data_iterator=_iterators(micro_batches, model),
         model=model,
         num_microbatches=len(micro_batches),
         seq_length=seq_length,
@@ -128,7 +134,7 @@ def forward_logprobs(model, micro_batches: List[Dict[str, torch.Tensor]], seq_le
         with torch.no_grad():
             out = get_forward_backward_func()(
                 forward_step_func=partial(_logprob_forward_step, temperature),
-                data_iterator=iter(micro_batches), model=model,
+                data_iterator=_iterators(micro_batches, model), model=model,
                 num_microbatches=len(micro_batches), seq_length=seq_length,
                 micro_batch_size=micro_batches[0]["tokens"].shape[0],
                 forward_only=True, collect_non_loss_data=True)
@@ -148,6 +154,12 @@ def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_
     metrics = forward_backward(model, micro_batches, loss_fn, seq_length,
                                additive=getattr(loss_fn, "additive_metrics", ("lm loss",)))
     update_successful, grad_norm, _ = optimizer.step()
+    for chunk in model:
+        if getattr(chunk, "use_forward_hook", False):
+            # --overlap-param-gather defers the all-gather of the updated params to the next
+            # forward's pre-hooks; checkpoints and the rollout weight stream read the params
+            # before that forward, so gather now (megatron's force_sync).
+            chunk.start_param_sync(force_sync=True)
     scheduler.step(increment=1)
     metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                    lr=optimizer.param_groups[0]["lr"], skipped=0.0 if update_successful else 1.0)
