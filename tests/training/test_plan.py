@@ -116,5 +116,5 @@ def test_planner_70b_verdicts(capsys):
 #: the 70B layout of examples/slurm/hpt.sbatch (kept in sync by tests/test_slurm_scripts.py)
 LAYOUT_70B = ["--sequence-parallel", "--use-distributed-optimizer",
               "--num-layers-per-virtual-pipeline-stage", "5",
-              "--recompute-granularity", "selective", "--offload-train",
+              "--recompute-granularity", "selective",
               "--rollout-tensor-parallel-size", "8", "--rollout-gpu-memory-utilization", "0.5"]
