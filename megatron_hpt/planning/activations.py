@@ -26,7 +26,7 @@ outputs; Q, K, V → q, k, v at GQA width; 5·a·s²·b (scores, softmax, dropou
 19·sbh of the GeLU MLP → 5f of the SwiGLU; dropout masks → nothing (p = 0).
 
 The unfused attention of megatron-core's local spec (CPU) keeps instead k and v expanded to ``a``
-heads, the fp32/ε softmax output (``a·s`` per token) and the bool causal mask (s² per layer);
+heads (with GQA; with MHA k and the whole QKV output, as above), the fp32/ε softmax output (``a·s`` per token) and the bool causal mask (s² per layer);
 torch's decomposed RMSNorm keeps x, x/rms and the weighted output (3h) plus 1/rms; RoPE keeps
 cos/sin of q and k (4·s·d per layer). ``implementation="cpu"`` counts these; the test
 ``tests/training/test_plan.py`` checks that count byte-exactly against what autograd saves on a
@@ -96,9 +96,12 @@ def layer_bytes(shape: ModelShape, spec: ActivationSpec, selective: bool = False
         # checkpoint inputs q, k and v (a view keeping the fused QKV output alive) + output
         attn = eps * (3 * a * d + 3 * g * d) / t
         extra = 4  # an int32 scalar the checkpoint keeps
-    else:
-        attn = eps * (4 * a * d) / t + eps * a * s / t  # q, k/v expanded, output; softmax
+    elif g < a:  # GQA: k and v repeated to a heads (new tensors); q, output; softmax
+        attn = eps * (4 * a * d) / t + eps * a * s / t
         extra = s * s  # bool causal mask, one per layer
+    else:  # MHA: k after RoPE, v a view keeping the fused QKV output alive, as on the GPU path
+        attn = eps * (3 * a * d + 3 * g * d) / t + eps * a * s / t
+        extra = s * s
     rope = 4 * s * d * eps  # cos/sin of q and k, per position
     return int(round(tokens * (norms + attn + mlp) + extra + rope))
 

@@ -63,6 +63,7 @@ class TrainerEngine:
                 tensor_parallel_size=cfg.parallel.tensor_model_parallel_size, seed=cfg.seed,
                 max_model_len=cfg.seq_length + 1, dtype=vllm_dtype(cfg.params_dtype),
                 load_format="dummy",
+                gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                 enforce_eager=not torch.cuda.is_available())
             self._stale = True  # dummy weights until the first stream
 
