@@ -57,6 +57,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="vocabulary rows; default: the tokenizer's, padded to a multiple of "
                         "--make-vocab-size-divisible-by (not x TP: the model is the same at any TP)")
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default=None,
+                   help="layer spec; default: transformer_engine when CUDA and Transformer Engine "
+                        "are present, local otherwise (models/provider.py)")
 
 
 def add_parallel_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,15 +71,13 @@ def add_parallel_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--overlap-grad-reduce", action="store_true")
     g.add_argument("--overlap-param-gather", action="store_true",
-                   help="overlap the distributed optimizer's parameter all-gather with the next "
-                        "forward (needs --use-distributed-optimizer)")
+                   help="overlap the distributed optimizer's param all-gather with the next forward")
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
                    help="interleaved 1F1B: layers per model chunk (num_layers / PP / this chunks)")
     g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None,
                    help="full: recompute whole layers; selective: core attention only")
     g.add_argument("--recompute-method", choices=["uniform", "block"], default=None,
-                   help="with full: uniform = blocks of --recompute-num-layers layers; block = "
-                        "the first --recompute-num-layers layers of each stage")
+                   help="with full: blocks of N layers (uniform) or the first N of a stage (block)")
     g.add_argument("--recompute-num-layers", type=int, default=None)
     g.add_argument("--distributed-timeout-minutes", type=int, default=10,
                    help="timeout of collectives (NCCL/gloo) before a hung rank fails the job")
@@ -115,6 +116,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="sequences per optimizer step (all micro-batches, all DP ranks)")
     g.add_argument("--train-iters", type=int, default=100)
     g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--max-skipped-iterations", type=int, default=10,
+                   help="stop the run after this many iterations in a row were skipped for a "
+                        "non-finite loss or gradient norm")
     g.add_argument("--data-path", default="builtin:arithmetic",
                    help="builtin:arithmetic (no files needed) or a verl/LUFFY .parquet, a .jsonl or "
                         "a .json array with prompt / target / reward_model.ground_truth (or "
@@ -211,6 +215,8 @@ class TrainingConfig:
     """Parallel layout."""
     params_dtype: torch.dtype = torch.float32
     """Parameter dtype (bf16/fp16 with --bf16/--fp16)."""
+    transformer_impl: str = "local"
+    """megatron-core layer spec: local or transformer_engine (resolved by models/provider.py)."""
     fp8_format: Optional[str] = None
     """FP8 format for Transformer Engine, or None."""
     fp8_recipe: str = "delayed"
@@ -225,6 +231,8 @@ class TrainingConfig:
     """Optimizer steps to run."""
     seed: int = 1234
     """Seed for weights, data order and sampling."""
+    max_skipped_iterations: int = 10
+    """Stop after this many consecutive iterations skipped for a non-finite loss or grad norm."""
     use_cpu_initialization: bool = False
     """Initialise full weights on CPU then split (TP-invariant initial weights)."""
     data_path: str = "builtin:arithmetic"
@@ -327,7 +335,9 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
                       f"--pipeline-model-parallel-size {pp}; choose a PP size that divides it")
     needs_te = [name for name, on in (("--context-parallel-size > 1", cp > 1),
                                       ("--sequence-parallel", par.sequence_parallel),
-                                      ("--fp8-format", cfg.fp8_format is not None)) if on]
+                                      ("--fp8-format", cfg.fp8_format is not None),
+                                      ("--transformer-impl transformer_engine",
+                                       cfg.transformer_impl == "transformer_engine")) if on]
     if needs_te and not _te_available():
         errors.append(f"{', '.join(needs_te)} needs Transformer Engine, which is not installed: "
                       "on a CUDA machine run `pip install -e .[gpu]` (or use the Dockerfile), "
@@ -353,6 +363,8 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
     if cfg.loss is not None and cfg.loss_preset != "sft":
         errors += rl_config_errors(cfg, pp, dp)
     errors += performance_flag_errors(cfg, pp)
+    if cfg.max_skipped_iterations < 1:
+        errors.append(f"--max-skipped-iterations must be >= 1, got {cfg.max_skipped_iterations}")
     if cfg.save_interval is not None and not cfg.save:
         errors.append("--save-interval needs --save DIR")
     if errors:
@@ -391,11 +403,16 @@ def _shape_from_flags(args, vocab_size: Optional[int], tp: int) -> ModelShape:
     )
 
 
-def _vpp_size(args, shape: ModelShape, pp: int) -> Optional[int]:
+def _vpp_size(args, shape: ModelShape, pp: int) -> Optional[int]:  # chunks per stage
     try:
         return virtual_pipeline_size(args.num_layers_per_virtual_pipeline_stage, shape, pp)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+def _resolve_impl(requested: Optional[str]) -> str:
+    from megatron_hpt.models.provider import resolve_transformer_impl
+    return resolve_transformer_impl(requested)
 
 
 def build_config(args: argparse.Namespace, world_size: int = 1,
@@ -432,10 +449,11 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
             args.overlap_param_gather, args.recompute_granularity, args.recompute_method,
             args.recompute_num_layers, args.distributed_timeout_minutes),
         params_dtype=dtype, fp8_format=args.fp8_format, fp8_recipe=args.fp8_recipe,
+        transformer_impl=_resolve_impl(args.transformer_impl),
         seq_length=args.seq_length or min(shape.max_position_embeddings, 64),
         micro_batch_size=args.micro_batch_size,
         global_batch_size=args.global_batch_size or args.micro_batch_size * dp,
-        train_iters=args.train_iters, seed=args.seed,
+        train_iters=args.train_iters, seed=args.seed, max_skipped_iterations=args.max_skipped_iterations,
         use_cpu_initialization=args.use_cpu_initialization or not cuda_available(),
         data_path=args.data_path, hf_model=args.hf_model,
         data_skip_bad_rows=args.data_skip_bad_rows, eval_data_path=args.eval_data_path,

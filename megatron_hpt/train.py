@@ -18,6 +18,8 @@ from megatron_hpt.data.tokenizer import load_tokenizer
 from megatron_hpt.training import distributed
 from megatron_hpt.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_hpt.training.logging import MetricsLogger, format_iteration_line, is_logging_rank
+from megatron_hpt.training.nonfinite import NonFiniteStop, SkipCounter, assert_finite_weights
+from megatron_hpt.training.save_extras import write_save_extras
 from megatron_hpt.training.setup import build_model, build_optimizer
 from megatron_hpt.training.signals import ExitSignalHandler
 from megatron_hpt.training.step import train_step
@@ -46,8 +48,10 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
                                 scheduler, finetune=cfg.finetune)
     task = build_task(cfg, tokenizer, model, prompts)
     logger = MetricsLogger(cfg.tensorboard_dir, cfg.log_interval)
+    if cfg.save and distributed.dist.get_rank() == 0:
+        write_save_extras(cfg.save, tokenizer, cfg.hf_model)  # for tools/convert_megatron_to_hf.py
 
-    history, skipped_total = [], 0
+    history, skips = [], SkipCounter(cfg.max_skipped_iterations)
     exit_handler = ExitSignalHandler(cfg.exit_signal) if cfg.exit_signal else None
     saved_at = None
     for iteration in range(start, cfg.train_iters):
@@ -57,12 +61,13 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
         metrics = train_step(model, optimizer, scheduler, micro_batches, task.loss_fn,
                              cfg.seq_length)
         metrics.update(task.after_step())
-        skipped_total += int(metrics["skipped"])
+        skipped_total = skips.update(bool(metrics["skipped"]))
         elapsed_ms = (time.perf_counter() - t0) * 1000
         line = format_iteration_line(iteration + 1, cfg.train_iters, metrics, elapsed_ms,
                                      (iteration + 1) * cfg.global_batch_size,
                                      cfg.global_batch_size, skipped_total)
         logger.log(iteration + 1, line, metrics)
+        skips.check(iteration + 1, metrics)  # NonFiniteStop after --max-skipped-iterations in a row
         if cfg.eval_interval and (iteration + 1) % cfg.eval_interval == 0:
             metrics.update(task.evaluate(model))
             if is_logging_rank():
@@ -71,11 +76,13 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
                       flush=True)
         history.append(dict(metrics, iteration=iteration + 1))
         if cfg.save and cfg.save_interval and (iteration + 1) % cfg.save_interval == 0:
+            assert_finite_weights(model, iteration + 1, cfg.save)
             save_checkpoint(cfg.save, iteration + 1, model, optimizer, scheduler, cfg.shape,
                             keep_last=cfg.keep_last)
             saved_at = iteration + 1
         if exit_handler is not None and exit_handler.should_exit():
             if cfg.save and saved_at != iteration + 1:
+                assert_finite_weights(model, iteration + 1, cfg.save)
                 save_checkpoint(cfg.save, iteration + 1, model, optimizer, scheduler, cfg.shape,
                                 keep_last=cfg.keep_last)
             if is_logging_rank():
@@ -85,6 +92,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
     else:
         if cfg.save and start < cfg.train_iters and not (
                 cfg.save_interval and cfg.train_iters % cfg.save_interval == 0):
+            assert_finite_weights(model, cfg.train_iters, cfg.save)
             save_checkpoint(cfg.save, cfg.train_iters, model, optimizer, scheduler, cfg.shape,
                             keep_last=cfg.keep_last)
     if exit_handler is not None:
@@ -102,6 +110,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as e:
         print(f"megatron_hpt.train: {e}", file=sys.stderr)
         return 2
+    except NonFiniteStop as e:  # every rank raises it together; rank 0 says why
+        if not distributed.dist.is_initialized() or distributed.dist.get_rank() == 0:
+            print(f"megatron_hpt.train: {e}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if distributed.dist.is_initialized():
             distributed.destroy()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from megatron_hpt.models.shape import ModelShape
 
@@ -89,6 +89,17 @@ def shape_from_hf_config(cfg: Dict[str, Any], source: str = "config.json") -> Mo
         hf_model_type=model_type,
         **_FAMILY[model_type][1],
     )
+
+
+def family_mismatches(shape: ModelShape, model_type: str) -> List[str]:
+    """What keeps ``shape`` from being a model of the Hugging Face family ``model_type`` (empty
+    when it is one): the fields a family fixes, each as ``field=value (family needs X)``."""
+    if model_type not in _FAMILY:
+        return [f"model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"]
+    need = dict(position_embedding_type="rope", normalization="RMSNorm", swiglu=True,
+                add_bias_linear=False, **_FAMILY[model_type][1])
+    return [f"{k}={getattr(shape, k)!r} ({model_type} needs {v!r})"
+            for k, v in need.items() if getattr(shape, k) != v]
 
 
 def hf_config_from_shape(shape: ModelShape, base: Dict[str, Any] | None = None) -> Dict[str, Any]:

@@ -64,7 +64,7 @@ def _count_stage(shape: ModelShape, layers: int, pre: bool, post: bool) -> Stage
         config = transformer_config(stage_shape, use_cpu_initialization=True,
                                     perform_initialization=True, params_dtype=torch.bfloat16)
         model = build_gpt_model(stage_shape, config, pre_process=pre, post_process=post,
-                                use_transformer_engine=False)
+                                transformer_impl="local")
     split = replicated = 0
     for p in model.parameters():
         if getattr(p, "tensor_model_parallel", False):

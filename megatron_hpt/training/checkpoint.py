@@ -18,6 +18,8 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.serialization import StrictHandling
 
+from megatron_hpt.conversion.checkpoint import load_model_state
+
 TRACKER = "latest_checkpointed_iteration.txt"
 
 
@@ -127,7 +129,7 @@ def load_checkpoint(root: str, model: List, optimizer=None, scheduler=None,
         raise RuntimeError(f"{ckpt}: checkpoint lacks model tensors {sorted(missing)[:10]}"
                            f"{' ...' if len(missing) > 10 else ''}")
     for i, chunk in enumerate(model):
-        unwrap(chunk).load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"], strict=True)
+        load_model_state(unwrap(chunk), loaded["model" if len(model) == 1 else f"model{i}"], ckpt)
     if "optimizer" in state:
         optimizer.load_state_dict(loaded["optimizer"])
     if release or finetune:

@@ -36,7 +36,7 @@ def build_model(cfg: TrainingConfig) -> List[DistributedDataParallel]:
     for i in range(vpp or 1):
         vp = i if vpp else None
         model = build_gpt_model(
-            cfg.shape, tconfig, vp_stage=vp,
+            cfg.shape, tconfig, vp_stage=vp, transformer_impl=cfg.transformer_impl,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp))
         # Megatron-LM: chunks after the first get one bucket (their grads are ready last)
@@ -60,7 +60,8 @@ def build_reference_model(cfg: TrainingConfig, policy: List[DistributedDataParal
     tconfig = transformer_config(cfg.shape, **model_parallel_kwargs(cfg))
     ref = build_gpt_model(cfg.shape, tconfig,
                           pre_process=parallel_state.is_pipeline_first_stage(),
-                          post_process=parallel_state.is_pipeline_last_stage())
+                          post_process=parallel_state.is_pipeline_last_stage(),
+                          transformer_impl=cfg.transformer_impl)
     ref.load_state_dict(unwrap(policy[0]).state_dict(), strict=True)
     ref.requires_grad_(False)
     return [ref.eval()]

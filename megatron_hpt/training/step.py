@@ -18,6 +18,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_hpt.training.nonfinite import guarded_optimizer_step
+
 #: (logits [b, s, V/TP], micro_batch) -> (loss scalar, local token count, {name: tensor})
 LossFn = Callable[[torch.Tensor, Dict[str, torch.Tensor]], Tuple[torch.Tensor, torch.Tensor, Dict]]
 
@@ -147,20 +149,23 @@ def forward_logprobs(model, micro_batches: List[Dict[str, torch.Tensor]], seq_le
 def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_length: int
                ) -> Dict[str, float]:
     """One optimizer step: zero grads, forward/backward all micro-batches, clip, update, LR step.
-    Returns metrics plus ``grad_norm``, ``lr`` and ``skipped`` (1 if the update was skipped)."""
+    Returns metrics plus ``grad_norm``, ``lr`` and ``skipped`` (1 if the update was skipped: the
+    loss or the gradient norm was not finite, see ``nonfinite.py``)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     metrics = forward_backward(model, micro_batches, loss_fn, seq_length,
                                additive=getattr(loss_fn, "additive_metrics", ("lm loss",)))
-    update_successful, grad_norm, _ = optimizer.step()
+    # skipped (no update, no schedule step) when the loss or grad norm is not finite on any rank
+    update_successful, grad_norm = guarded_optimizer_step(optimizer, metrics.get("lm loss"))
     for chunk in model:
         if getattr(chunk, "use_forward_hook", False):
             # --overlap-param-gather defers the all-gather of the updated params to the next
             # forward's pre-hooks; checkpoints and the rollout weight stream read the params
             # before that forward, so gather now (megatron's force_sync).
             chunk.start_param_sync(force_sync=True)
-    scheduler.step(increment=1)
+    if update_successful:
+        scheduler.step(increment=1)
     metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                    lr=optimizer.param_groups[0]["lr"], skipped=0.0 if update_successful else 1.0)
     return metrics
