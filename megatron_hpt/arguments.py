@@ -144,8 +144,7 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-load-rng", action="store_true")
     g.add_argument("--finetune", action="store_true",
                    help="load weights only and start at iteration 0")
-    g.add_argument("--keep-last", type=int, default=None,
-                   help="after each successful save keep only the newest N iter_* checkpoints")
+    g.add_argument("--keep-last", type=int, default=None, help="keep the newest N iter_* dirs")
     g.add_argument("--exit-signal-handler", action="store_true",
                    help="on --exit-signal, save a checkpoint at the next step boundary and exit")
     g.add_argument("--exit-signal", choices=["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"],
