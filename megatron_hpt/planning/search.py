@@ -2,8 +2,8 @@
 
 Candidates: TP in {1, 2, 4, 8} up to a node, PP dividing the layers, VPP dividing the layers per
 stage (up to 8), SP whenever TP > 1, recompute none / selective / full-uniform-1, the distributed
-optimizer, micro-batch 1 or the given one, offload, rollout TP in {1, 2, 4, 8} and the given
-memory fraction or the one that leaves the training state room. Sequence length, batch sizes and
+optimizer, micro-batch 1 or the given one (offload only as given), rollout TP in {1, 2, 4, 8}
+and the given memory fraction or the one that leaves the training state room. Sequence length, batch sizes and
 the cluster are never changed: they are the experiment.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def candidates(shape: ModelShape, cluster: Cluster, lay: Layout, ro: Rollout):
         sps = (False, True) if tp > 1 else (False,)
         for vpp, sp, rec, dopt, mbs, off, rtp in itertools.product(
                 vpps, sps, ("none", "selective", "full"), sorted({lay.distributed_optimizer, True}),
-                sorted({1, lay.micro_batch_size}), sorted({lay.offload, True}), sorted({1, 2, 4, 8, ro.tp})):
+                sorted({1, lay.micro_batch_size}), (lay.offload,), sorted({1, 2, 4, 8, ro.tp})):
             new = dataclasses.replace(
                 lay, tp=tp, pp=pp, vpp=vpp, sequence_parallel=sp, recompute_granularity=rec,
                 recompute_method="uniform", recompute_num_layers=1, distributed_optimizer=dopt,
