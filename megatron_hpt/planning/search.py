@@ -1,10 +1,10 @@
 """The nearest layout that fits: fewest changed knobs, then the shortest estimated step.
 
 Candidates: TP in {1, 2, 4, 8} up to a node, PP dividing the layers, VPP dividing the layers per
-stage (up to 8), SP whenever TP > 1, recompute none / selective / full-uniform-1, the distributed
-optimizer, micro-batch 1 or the given one (offload only as given), rollout TP in {1, 2, 4, 8}
-and the given memory fraction or the one that leaves the training state room. Sequence length, batch sizes and
-the cluster are never changed: they are the experiment.
+stage (up to 8), SP on or off when TP > 1, recompute none / selective / full-uniform-1, the
+distributed optimizer, micro-batch 1 or the given one (offload only as given), rollout TP in
+{1, 2, 4, 8} and memory fractions 0.4-0.7. Sequence length, batch sizes and the cluster are never
+changed: they are the experiment.
 """
 from __future__ import annotations
 
