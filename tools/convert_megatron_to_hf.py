@@ -30,8 +30,9 @@ def main(argv=None) -> int:
     try:
         convert_megatron_to_hf(a.load, a.save, a.overwrite, a.max_shard_size, progress=not a.no_progress,
                                model_type=a.model_type)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # bad input, or the disk (full, read-only): nothing written
+        print(f"error: {e}" + ("" if isinstance(e, (ValueError, FileNotFoundError, FileExistsError))
+                               else f"; nothing was written to {a.save}"), file=sys.stderr)
         return 1
     print(f"wrote {a.save}")
     return 0

@@ -39,6 +39,13 @@ def shape_from_hf_config(cfg: Dict[str, Any], source: str = "config.json") -> Mo
     if model_type not in _FAMILY:
         raise ValueError(f"{source}: unsupported model_type {model_type!r}; "
                          f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    missing = [k for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                           "num_attention_heads", "vocab_size")
+               if not isinstance(cfg.get(k), int) or isinstance(cfg.get(k), bool) or cfg[k] < 1]
+    if missing:
+        raise ValueError(f"{source}: field(s) {', '.join(missing)} missing or not a positive "
+                         f"integer; a {model_type} config.json has them (copy it from the model's "
+                         "original repository)")
     problems = []
     if cfg.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={cfg.get('hidden_act')!r} (only silu is supported)")

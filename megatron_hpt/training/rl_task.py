@@ -121,8 +121,7 @@ class RlTask:
         samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
 
         n = ro.n_samples_per_prompt
-        rewards = torch.tensor([self.reward(tok.decode(s.response_token_ids, skip_special_tokens=True),
-                                            problems[s.prompt_index].answer) for s in samples])
+        rewards = torch.tensor([self._grade(s, problems, index) for s in samples])
         correct = rewards.view(per_rank, n).sum(dim=1)
         branch = hpt_branch_coefficients(correct, n, ro.hpt_gate, ro.hpt_mode)
 
@@ -168,6 +167,18 @@ class RlTask:
             mb["advantages"] = advantages[i * micro:(i + 1) * micro]
         self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
         return mini_batches
+
+    def _grade(self, sample, problems, index: int) -> float:
+        """The reward of one rollout; a grader that crashes stops the run naming the prompt."""
+        try:
+            return self.reward(self.tokenizer.decode(sample.response_token_ids,
+                                                     skip_special_tokens=True),
+                               problems[sample.prompt_index].answer)
+        except Exception as e:  # noqa: BLE001 - any grader failure, reported with its context
+            raise RuntimeError(f"the reward grader failed on rollout batch {index}, prompt "
+                               f"{sample.prompt_index} of this rank (answer "
+                               f"{problems[sample.prompt_index].answer!r}): "
+                               f"{type(e).__name__}: {e}") from e
 
     def _reference_logprobs(self, micro_batches) -> None:
         """Log-probs of the frozen reference policy for the KL terms (last pipeline stage)."""
@@ -218,6 +229,23 @@ class RlTask:
         self.stats = {"reward": float(local[0]), "sft share": float(local[1]),
                       "response length": float(local[2]), "truncated": float(local[3])}
         self.stats.update(self.stats_extra)
+
+    # ------------------------------------------------------------------ resume (resume.py)
+    def state_dict(self) -> Dict[str, object]:
+        """The rows of the rollout batch being trained (its later mini-batches are trained after
+        a resume, not re-sampled by the moved policy). Per-step keys (normalizers, μ) are left
+        out: they are recomputed."""
+        if self._rollout_index is None or self.updates == 1:
+            return {}
+        return {"rollout_index": self._rollout_index, "stats": dict(self.stats),
+                "mini_batches": [[{k: v for k, v in mb.items() if isinstance(v, torch.Tensor)}
+                                  for mb in mini] for mini in self._mini_batches]}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        if state.get("mini_batches"):
+            self._rollout_index = int(state["rollout_index"])
+            self._mini_batches = [[dict(mb) for mb in mini] for mini in state["mini_batches"]]
+            self.stats = dict(state.get("stats", {}))
 
     # ------------------------------------------------------------------ the loop's hooks
     def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:
