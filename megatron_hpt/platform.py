@@ -15,6 +15,9 @@ exactly those, and nothing else, when (and only when) no GPU is present. It is c
 4. ``device="cuda"`` / ``device='cuda'`` literals (``schedules.py`` ``total_num_tokens``,
    ``clip_grads.py``, ``optimizer.py`` ``found_inf``) and ``Tensor.cuda()`` -> CPU, through one
    ``TorchFunctionMode`` that rewrites only the ``device`` keyword of factory calls.
+6. ``transformer.utils.get_default_causal_mask`` (``device="cuda"`` literal) -> a CPU mask: the
+   mode of 4. is thread-local and is not active when autograd re-runs core attention in the
+   backward (``--recompute-granularity``).
 5. ``optimizer.clip_grad_by_total_norm_fp32`` asserts ``torch.cuda.FloatTensor`` grads; it is
    replaced by the same scaling without the assertion (the norm itself is computed by megatron).
 
@@ -61,6 +64,11 @@ def _clip_grad_by_total_norm_cpu(parameters, max_norm, total_norm, use_decoupled
                 g.detach().mul_(clip_coeff)
 
 
+def _causal_mask_cpu(sq: int) -> torch.Tensor:
+    """megatron's ``get_default_causal_mask`` on the CPU."""
+    return torch.triu(torch.ones(sq, sq, device="cpu"), diagonal=1).bool()
+
+
 def install_cpu_platform() -> None:
     """Redirect megatron-core's CUDA calls to the CPU. Idempotent; a no-op when CUDA is available."""
     global _INSTALLED
@@ -78,6 +86,9 @@ def install_cpu_platform() -> None:
     mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     mcore_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
     mcore_optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_cpu
+    import megatron.core.fusions.fused_softmax as mcore_softmax
+    import megatron.core.transformer.utils as mcore_utils
+    mcore_utils.get_default_causal_mask = mcore_softmax.get_default_causal_mask = _causal_mask_cpu
     _CudaDeviceToCpu().__enter__()  # stays on the mode stack for the life of the process
     _INSTALLED = True
 

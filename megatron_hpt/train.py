@@ -21,6 +21,7 @@ from megatron_hpt.training.logging import MetricsLogger, format_iteration_line, 
 from megatron_hpt.training.nonfinite import NonFiniteStop, SkipCounter, assert_finite_weights
 from megatron_hpt.training.save_extras import write_save_extras
 from megatron_hpt.training.setup import build_model, build_optimizer
+from megatron_hpt.training.signals import ExitSignalHandler
 from megatron_hpt.training.step import train_step
 from megatron_hpt.training.tasks import build_task
 
@@ -32,7 +33,10 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
 
     distributed.initialize(cfg.parallel.tensor_model_parallel_size,
                            cfg.parallel.pipeline_model_parallel_size,
-                           cfg.parallel.context_parallel_size, seed=cfg.seed)
+                           cfg.parallel.context_parallel_size, seed=cfg.seed,
+                           virtual_pipeline_model_parallel_size=(
+                               cfg.parallel.virtual_pipeline_model_parallel_size),
+                           timeout_minutes=cfg.parallel.distributed_timeout_minutes)
     model = build_model(cfg)
     optimizer, scheduler = build_optimizer(cfg, model)
     start = 0
@@ -47,6 +51,8 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
     if cfg.save and distributed.dist.get_rank() == 0:
         write_save_extras(cfg.save, tokenizer, cfg.hf_model)  # for tools/convert_megatron_to_hf.py
 
+    exit_handler = ExitSignalHandler(cfg.exit_signal) if cfg.exit_signal else None
+    saved_at = None
     for iteration in range(start, cfg.train_iters):
         t0 = time.perf_counter()
         micro_batches = task.micro_batches(iteration)
@@ -71,10 +77,22 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
         if cfg.save and cfg.save_interval and (iteration + 1) % cfg.save_interval == 0:
             assert_finite_weights(model, iteration + 1, cfg.save)
             resume.save(cfg, iteration + 1, model, optimizer, scheduler, task, skips)
-    if cfg.save and start < cfg.train_iters and not (
-            cfg.save_interval and cfg.train_iters % cfg.save_interval == 0):
-        assert_finite_weights(model, cfg.train_iters, cfg.save)
-        resume.save(cfg, cfg.train_iters, model, optimizer, scheduler, task, skips)
+            saved_at = iteration + 1
+        if exit_handler is not None and exit_handler.should_exit():
+            if cfg.save and saved_at != iteration + 1:
+                assert_finite_weights(model, iteration + 1, cfg.save)
+                resume.save(cfg, iteration + 1, model, optimizer, scheduler, task, skips)
+            if is_logging_rank():
+                print(f" exiting on {cfg.exit_signal} after iteration {iteration + 1} "
+                      f"(checkpoint saved: {bool(cfg.save)})", flush=True)
+            break
+    else:
+        if cfg.save and start < cfg.train_iters and not (
+                cfg.save_interval and cfg.train_iters % cfg.save_interval == 0):
+            assert_finite_weights(model, cfg.train_iters, cfg.save)
+            resume.save(cfg, cfg.train_iters, model, optimizer, scheduler, task, skips)
+    if exit_handler is not None:
+        exit_handler.restore()
     summary = task.finish(model)
     if summary and is_logging_rank():
         print(" | ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)

@@ -14,14 +14,19 @@ from megatron_hpt.models.shape import ModelShape
 
 
 def build_model_stage(shape: ModelShape, model_kwargs: Optional[dict] = None,
+                      vp_stage: Optional[int] = None, config: Optional[TransformerConfig] = None,
                       **parallel_and_precision) -> Tuple[GPTModel, TransformerConfig]:
     """(model, config): the ``GPTModel`` of this rank's pipeline stage (embedding on the first,
     output layer on the last; both at PP = 1) and its ``TransformerConfig``.
     ``parallel_and_precision``: the ``ModelParallelConfig`` fields (``arguments.model_parallel_kwargs``);
     ``model_kwargs``: further ``build_gpt_model`` arguments. Needs megatron's parallel state
-    (``training/distributed.initialize``)."""
-    config = transformer_config(shape, **parallel_and_precision)
-    model = build_gpt_model(shape, config, pre_process=parallel_state.is_pipeline_first_stage(),
-                            post_process=parallel_state.is_pipeline_last_stage(),
+    (``training/distributed.initialize``). ``vp_stage``: the virtual pipeline stage of this
+    chunk (interleaved 1F1B; None without); ``config``: reuse one ``TransformerConfig`` for
+    every chunk of a rank (the parallel arguments are then not read)."""
+    config = config or transformer_config(shape, **parallel_and_precision)
+    virtual = dict(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    model = build_gpt_model(shape, config, vp_stage=vp_stage,
+                            pre_process=parallel_state.is_pipeline_first_stage(**virtual),
+                            post_process=parallel_state.is_pipeline_last_stage(**virtual),
                             **(model_kwargs or {}))
     return model, config

@@ -18,6 +18,9 @@ def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
                    help="; ".join(f"{name}: {spec.help}" for name, spec in ENGINES.items()))
     g.add_argument("--rollout-weight-bucket-mb", type=int, default=512,
                    help="size bound of one bucket of the Megatron -> engine weight stream")
+    g.add_argument("--rollout-gpu-memory-utilization", type=float, default=0.5,
+                   help="fraction of GPU memory the colocated vLLM takes (weights + KV cache); "
+                        "size it with tools/plan.py")
     g.add_argument("--rollout-batch-size", type=int, default=8, help="prompts per optimizer step")
     g.add_argument("--n-samples-per-prompt", type=int, default=8, help="rollouts per prompt")
     g.add_argument("--rollout-temperature", type=float, default=1.0)
@@ -44,6 +47,8 @@ class RolloutConfig:
     (colocated vLLM)."""
     weight_bucket_mb: int = 512
     """Size bound of one bucket of the weight stream pushed to the engine."""
+    gpu_memory_utilization: float = 0.5
+    """Fraction of GPU memory the colocated vLLM takes (--rollout-gpu-memory-utilization)."""
     batch_size: int = 8
     """Prompts per optimizer step."""
     n_samples_per_prompt: int = 8
@@ -69,6 +74,7 @@ def rollout_config_from_args(args: argparse.Namespace) -> RolloutConfig:
     """The namespace's rollout flags; ``auto`` choices resolved by preset and engine."""
     return RolloutConfig(
         engine=args.rollout_engine, weight_bucket_mb=args.rollout_weight_bucket_mb,
+        gpu_memory_utilization=args.rollout_gpu_memory_utilization,
         batch_size=args.rollout_batch_size, n_samples_per_prompt=args.n_samples_per_prompt,
         temperature=args.rollout_temperature, top_p=args.rollout_top_p, top_k=args.rollout_top_k,
         max_response_len=args.rollout_max_response_len, hpt_gate=args.hpt_gate,

@@ -33,7 +33,8 @@ class TrainerEngine:
         self.engine = engine_for_policy(
             self.name, self.model_chunks, cfg.shape, tokenizer,
             tensor_parallel_size=cfg.parallel.tensor_model_parallel_size, seed=cfg.seed,
-            max_model_len=cfg.seq_length + 1, params_dtype=cfg.params_dtype, hf_dir=cfg.hf_model)
+            max_model_len=cfg.seq_length + 1, params_dtype=cfg.params_dtype, hf_dir=cfg.hf_model,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
         # an engine on the training parameters has nothing to sync; any other starts with
         # placeholder weights until the first stream
         self._stale = not self.engine.shares_training_weights

@@ -52,6 +52,22 @@ def _model_state(model: List) -> dict:
         f"model{i}": unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(model)}
 
 
+def rotate_checkpoints(root: str, keep_last: int) -> List[str]:
+    """Delete all but the newest ``keep_last`` ``iter_*`` directories of ``root`` (never
+    ``release``, never the tracker's iteration, never ``*.tmp``). Returns the deleted paths."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    current = read_tracker(root)
+    iters = sorted(int(name[5:]) for name in os.listdir(root)
+                   if name.startswith("iter_") and name[5:].isdigit()
+                   and os.path.isdir(os.path.join(root, name)))
+    doomed = [i for i in iters[:-keep_last] if str(i) != current]
+    paths = [iteration_dir(root, i) for i in doomed]
+    for path in paths:
+        shutil.rmtree(path)
+    return paths
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -77,12 +93,13 @@ def _remove_unfinished(root: str) -> None:
 
 
 def save_checkpoint(root: str, iteration: int, model: List, optimizer=None, scheduler=None,
-                    shape=None, extra: Optional[dict] = None, reference: Optional[List] = None
-                    ) -> str:
+                    shape=None, extra: Optional[dict] = None, reference: Optional[List] = None,
+                    keep_last: Optional[int] = None) -> str:
     """Collective: every rank calls it. ``extra``: this rank's resume state (tensors, numbers,
     lists, dicts), written to ``rank_state/`` inside the checkpoint; ``reference``: the frozen
     KL reference model, saved under ``reference.*`` keys. Returns the final directory; raises
-    ``CheckpointSaveError`` (every rank) when the save cannot complete."""
+    ``CheckpointSaveError`` (every rank) when the save cannot complete. With ``keep_last``, older
+    ``iter_*`` directories are deleted once this one is complete and named by the tracker."""
     final = iteration_dir(root, iteration)
     tmp = final + ".tmp"
     rank = dist.get_rank()
@@ -134,6 +151,8 @@ def save_checkpoint(root: str, iteration: int, model: List, optimizer=None, sche
         _write_atomic(os.path.join(root, TRACKER), str(iteration))
         _fsync_dir(root)
         shutil.rmtree(old, ignore_errors=True)
+        if keep_last is not None:
+            rotate_checkpoints(root, keep_last)
         if shape is not None:  # the converters read SAVE/model_shape.json
             _write_atomic(os.path.join(root, "model_shape.json"), shape.to_json())
     dist.barrier()

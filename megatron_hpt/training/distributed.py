@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,8 @@ def free_port() -> int:
 
 def initialize(tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
                context_parallel_size: int = 1, seed: int = 1234,
-               virtual_pipeline_model_parallel_size: int | None = None) -> WorldInfo:
+               virtual_pipeline_model_parallel_size: int | None = None,
+               timeout_minutes: int | None = None) -> WorldInfo:
     """Start torch.distributed and megatron-core's parallel groups; idempotent per process."""
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
@@ -64,8 +66,9 @@ def initialize(tensor_model_parallel_size: int = 1, pipeline_model_parallel_size
                 raise RuntimeError("MASTER_PORT is not set: launch with torchrun, or export "
                                    "MASTER_ADDR/MASTER_PORT under srun")
             os.environ["MASTER_PORT"] = str(free_port())
+        extra = {} if timeout_minutes is None else {"timeout": timedelta(minutes=timeout_minutes)}
         dist.init_process_group("nccl" if cuda_available() else "gloo",
-                                rank=world.rank, world_size=world.world_size)
+                                rank=world.rank, world_size=world.world_size, **extra)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tensor_model_parallel_size,

@@ -74,7 +74,8 @@ def save(cfg, iteration: int, model, optimizer, scheduler, task, skips=None) -> 
     starting policy: after a resume it must not become the loaded one)."""
     from megatron_hpt.training.checkpoint import save_checkpoint
     return save_checkpoint(cfg.save, iteration, model, optimizer, scheduler, cfg.shape,
-                           capture(task, skips), getattr(task, "reference", None))
+                           capture(task, skips), getattr(task, "reference", None),
+                           keep_last=getattr(cfg, "keep_last", None))
 
 
 def read(load_dir: str) -> Optional[dict]:

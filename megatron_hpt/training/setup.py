@@ -22,19 +22,31 @@ def finalize_grads_without_token_scaling(model, num_tokens=None, **kwargs):
 
 
 def build_model(cfg: TrainingConfig) -> List[DistributedDataParallel]:
-    """This rank's pipeline stage of the model, wrapped in megatron-core DDP (a list of one chunk)."""
-    model, tconfig = build_model_stage(cfg.shape, dict(transformer_impl=cfg.transformer_impl),
-                                       **model_parallel_kwargs(cfg))
+    """This rank's pipeline stage of the model, wrapped in megatron-core DDP: one chunk, or one
+    per virtual stage with --num-layers-per-virtual-pipeline-stage (interleaved 1F1B)."""
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+        overlap_param_gather=cfg.parallel.overlap_param_gather,
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
     )
-    ddp = DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=model)
-    ddp.broadcast_params()  # identical replicas across DP from the first step
+    vpp = cfg.parallel.virtual_pipeline_model_parallel_size
+    chunks, tconfig = [], None
+    for i in range(vpp or 1):
+        model, tconfig = build_model_stage(
+            cfg.shape, dict(transformer_impl=cfg.transformer_impl), vp_stage=i if vpp else None,
+            config=tconfig, **model_parallel_kwargs(cfg))
+        # Megatron-LM: chunks after the first get one bucket (their grads are ready last)
+        ddp = DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=model,
+                                      disable_bucketing=i > 0)
+        ddp.broadcast_params()  # identical replicas across DP from the first step
+        chunks.append(ddp)
     tconfig.finalize_model_grads_func = finalize_grads_without_token_scaling
-    tconfig.no_sync_func = ddp.no_sync
-    return [ddp]
+    one = len(chunks) == 1
+    tconfig.no_sync_func = chunks[0].no_sync if one else [c.no_sync for c in chunks]
+    if cfg.parallel.overlap_grad_reduce:
+        tconfig.grad_sync_func = chunks[0].start_grad_sync if one else [c.start_grad_sync for c in chunks]
+    return chunks
 
 
 def build_reference_model(cfg: TrainingConfig, policy: List[DistributedDataParallel]) -> list:

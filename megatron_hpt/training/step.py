@@ -104,6 +104,12 @@ def _device():
     return device()
 
 
+def _iterators(micro_batches, model):
+    """One iterator, or one per model chunk (interleaved 1F1B runs every chunk over every
+    micro-batch: each chunk reads the positions, the first the tokens, the last the labels)."""
+    return iter(micro_batches) if len(model) == 1 else [iter(micro_batches) for _ in model]
+
+
 def forward_backward(model, micro_batches: List[Batch], loss_fn: LossFn,
                      seq_length: int, forward_only: bool = False,
                      additive=("lm loss",)) -> Dict[str, float]:
@@ -111,7 +117,7 @@ def forward_backward(model, micro_batches: List[Batch], loss_fn: LossFn,
     (on the last pipeline stage; {} elsewhere)."""
     outputs = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, loss_fn),
-        data_iterator=iter(micro_batches),
+        data_iterator=_iterators(micro_batches, model),
         model=model,
         num_microbatches=len(micro_batches),
         seq_length=seq_length,
@@ -161,7 +167,7 @@ def forward_logprobs(model, micro_batches: List[Batch], seq_length: int,
         with torch.no_grad():
             out = get_forward_backward_func()(
                 forward_step_func=partial(_logprob_forward_step, temperature),
-                data_iterator=iter(micro_batches), model=model,
+                data_iterator=_iterators(micro_batches, model), model=model,
                 num_microbatches=len(micro_batches), seq_length=seq_length,
                 micro_batch_size=micro_batches[0].num_rows,
                 forward_only=True, collect_non_loss_data=True)
@@ -186,6 +192,12 @@ def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_
     # or the grad norm is above --skip-grad-norm-above
     update_successful, grad_norm = guarded_optimizer_step(optimizer, metrics.get("lm loss"),
                                                           skip_grad_norm_above)
+    for chunk in model:
+        if getattr(chunk, "use_forward_hook", False):
+            # --overlap-param-gather defers the all-gather of the updated params to the next
+            # forward's pre-hooks; checkpoints and the rollout weight stream read the params
+            # before that forward, so gather now (megatron's force_sync).
+            chunk.start_param_sync(force_sync=True)
     if update_successful:
         scheduler.step(increment=1)
     metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),

@@ -1,0 +1,1 @@
+"""Memory and step-time planning for a model x cluster x layout x rollout (``tools/plan.py``)."""
