@@ -13,6 +13,7 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_hpt.loss import LossConfig, compute_normalizers, policy_loss, vocab_parallel_logprob_entropy
+from megatron_hpt.training.packing import to_rows
 
 #: micro-batch keys that are per-row/per-token inputs of the estimator (besides the model inputs)
 _ESTIMATOR_KEYS = ("is_demo", "on_policy_weight", "demo_rl_weight", "sft_weight")
@@ -27,6 +28,10 @@ class LossHead:
         self.cfg, self.temperature = cfg, temperature
         self.uses_entropy_grad = cfg.entropy_coef > 0
         self.additive_metrics = ADDITIVE_METRICS
+        #: π_old is the current policy (one update per rollout batch, no pass needed before the
+        #: step): old log-probs and π_old's entropy are the detached values of this forward;
+        #: the micro-batch's ``old_logprobs`` (the engine's) only feed `rollout logprob gap`
+        self.old_from_forward = False
 
     def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:
         """Once per optimizer step: global denominators over all micro-batches and DP x CP ranks."""
@@ -43,14 +48,31 @@ class LossHead:
         logprobs, entropy = vocab_parallel_logprob_entropy(
             logits, batch["labels"], temperature=self.temperature,
             group=parallel_state.get_tensor_model_parallel_group(), with_entropy=True)
+        logprobs, entropy = to_rows(batch, logprobs), to_rows(batch, entropy)
+        old_logprobs, gap = batch.get("old_logprobs"), {}
+        if self.old_from_forward:
+            old_logprobs = logprobs.detach() * batch["loss_mask"]
+            if "old_logprobs" in batch:
+                gap = {"rollout logprob gap": _gap(batch, old_logprobs)}
         extras = {k: batch[k] for k in _ESTIMATOR_KEYS + ("ref_logprobs", "old_entropy", "mu")
                   if k in batch}
         if self.uses_entropy_grad:
             extras["entropy"] = entropy
         else:
             extras.setdefault("old_entropy", entropy.detach())
-        loss, metrics = policy_loss(logprobs, batch.get("old_logprobs"), batch.get("advantages"),
+        if self.old_from_forward:
+            extras["old_entropy"] = entropy.detach()
+        loss, metrics = policy_loss(logprobs, old_logprobs, batch.get("advantages"),
                                     batch["loss_mask"], self.cfg,
                                     normalizers=batch["normalizers"], **extras)
         metrics["lm loss"] = metrics.pop("loss")
+        metrics.update(gap)
         return loss, batch["loss_mask"].sum().int(), metrics
+
+
+def _gap(batch, logprobs: torch.Tensor) -> torch.Tensor:
+    """Mean |engine log-prob − training log-prob| over the micro-batch's rollout tokens."""
+    rollout = batch["loss_mask"] * (~batch["is_demo"].bool())[:, None].to(batch["loss_mask"].dtype) \
+        if "is_demo" in batch else batch["loss_mask"]
+    diff = (logprobs - batch["old_logprobs"]).abs() * rollout
+    return diff.sum() / rollout.sum().clamp(min=1)

@@ -42,7 +42,9 @@ from megatron_hpt.loss import compute_advantages, mu_at_step
 from megatron_hpt.rollout import SamplingParams
 from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rollout.trainer_engine import TrainerEngine
+from megatron_hpt.training import packing
 from megatron_hpt.training.loss_head import LossHead
+from megatron_hpt.training.old_policy import needs_entropy_early, old_logprob_source
 from megatron_hpt.training.setup import build_reference_model
 from megatron_hpt.training.step import forward_logprobs
 from megatron_hpt.training.tasks import greedy_accuracy
@@ -144,28 +146,36 @@ class RlTask:
         if ro.hpt_mode != "off":
             rows.update(on_policy_weight=on_w.reshape(-1), sft_weight=sft_w.reshape(-1),
                         demo_rl_weight=demo_rl_w.reshape(-1))
-        micro, rows_per_update = cfg.micro_batch_size, per_rank * per_row // self.updates
-        mini_batches = [[{k: v[i:i + micro] for k, v in rows.items()}
-                         for i in range(start, start + rows_per_update, micro)]
-                        for start in range(0, per_rank * per_row, rows_per_update)]
+        # mini-batches of whole prompt groups, each cut into micro-batches (fixed size or by
+        # token budget, training/packing.py); ``index``: each micro-batch's rows
+        n_rows, rows_per_update = per_rank * per_row, per_rank * per_row // self.updates
+        mini_batches, index = [], []
+        for start in range(0, n_rows, rows_per_update):
+            part, sub = {k: v[start:start + rows_per_update] for k, v in rows.items()}, []
+            mini_batches.append(packing.micro_batches(part, cfg, sub))
+            index += [[start + i for i in idx] for idx in sub]
         flat = [mb for mini in mini_batches for mb in mini]
-        if ro.old_logprobs == "recompute" or self.updates > 1:
+        source = old_logprob_source(cfg, self.updates, self.reference is not None)
+        self.loss_fn.old_from_forward = source == "forward"
+        if source == "pass" or (source == "engine" and needs_entropy_early(cfg.loss)):
             # with several updates the head's own entropy would be the moved policy's: take
             # π_old's log-probs and entropy before the first update
-            self._recompute_old_logprobs(flat)
+            self._recompute_old_logprobs(flat, entropy_only=source == "engine")
         if self.reference is not None:
             self._reference_logprobs(flat)
         # advantages last: KL-in-reward (REINFORCE++) reads the old and reference log-probs
         extras = {}
         if cfg.loss.kl_mode == "reward" and self.reference is not None and "ref_logprobs" in flat[0]:
-            extras = {k: torch.cat([mb[k] for mb in flat]) for k in ("old_logprobs", "ref_logprobs")}
+            extras = {k: packing.unpack([mb[k] for mb in flat], index, n_rows, cfg.seq_length)
+                      for k in ("old_logprobs", "ref_logprobs")}
         group = torch.arange(per_rank)[:, None].expand(per_rank, per_row).reshape(-1)
         advantages = compute_advantages(
             all_rewards.reshape(-1), group, cfg.loss, is_demo=rows["is_demo"],
             response_mask=rows["loss_mask"],
             group=parallel_state.get_data_parallel_group(), **extras).float()
-        for i, mb in enumerate(flat):
-            mb["advantages"] = advantages[i * micro:(i + 1) * micro]
+        for idx, mb in zip(index, flat):
+            adv = advantages[torch.tensor(idx)]
+            mb["advantages"] = adv[:, :mb["loss_mask"].shape[1]] if adv.dim() == 2 else adv
         self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
         return mini_batches
 
@@ -176,9 +186,10 @@ class RlTask:
         for mb, (logprobs, _) in zip(micro_batches, ref):
             mb["ref_logprobs"] = logprobs * mb["loss_mask"]
 
-    def _recompute_old_logprobs(self, micro_batches) -> None:
+    def _recompute_old_logprobs(self, micro_batches, entropy_only: bool = False) -> None:
         """Replace the engine's log-probs by the training model's (last pipeline stage, where the
-        loss runs) and log the mean absolute gap over rollout tokens."""
+        loss runs) and log the mean absolute gap over rollout tokens; ``entropy_only``: keep the
+        engine's log-probs, take π_old's entropy (training/old_policy.py)."""
         fresh = forward_logprobs(self.model, micro_batches, self.cfg.seq_length,
                                  self.cfg.rollout.temperature or 1.0)
         if not fresh:
@@ -188,7 +199,8 @@ class RlTask:
             rollout_tokens = mb["loss_mask"] * (~mb["is_demo"])[:, None].float()
             gap += torch.stack([((logprobs - mb["old_logprobs"]).abs() * rollout_tokens).sum(),
                                 rollout_tokens.sum()]).double()
-            mb["old_logprobs"] = logprobs * mb["loss_mask"]
+            if not entropy_only:
+                mb["old_logprobs"] = logprobs * mb["loss_mask"]
             mb["old_entropy"] = entropy  # EGSPO's gate and SRFT's weights read π_old's entropy
         dist.all_reduce(gap, group=parallel_state.get_data_parallel_group())
         self.stats_extra = {"rollout logprob gap": float(gap[0] / gap[1].clamp(min=1))}

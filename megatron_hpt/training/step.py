@@ -18,6 +18,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_hpt.training.packing import packed_seq_params, schedule_shape, to_rows
+
 #: (logits [b, s, V/TP], micro_batch) -> (loss scalar, local token count, {name: tensor})
 LossFn = Callable[[torch.Tensor, Dict[str, torch.Tensor]], Tuple[torch.Tensor, torch.Tensor, Dict]]
 
@@ -25,7 +27,8 @@ LossFn = Callable[[torch.Tensor, Dict[str, torch.Tensor]], Tuple[torch.Tensor, t
 def _forward_step(loss_fn: LossFn, data_iterator, model):
     """megatron forward_step_func: run one micro-batch through this stage."""
     batch = next(data_iterator)
-    logits = model(batch["tokens"], batch["position_ids"], None)
+    logits = model(batch["tokens"], batch["position_ids"], None,
+                   packed_seq_params=packed_seq_params(batch))
     # Non-last stages return the hidden states for the next stage; the loss is only applied last.
     return logits, partial(_loss_func, loss_fn, batch)
 
@@ -87,13 +90,14 @@ def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_f
                      additive=("lm loss",)) -> Dict[str, float]:
     """Forward (and backward) over this rank's micro-batches; returns globally reduced metrics
     (on the last pipeline stage; {} elsewhere)."""
+    seq_length, micro_batch_size = schedule_shape(model, micro_batches, seq_length)
     outputs = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, loss_fn),
         data_iterator=iter(micro_batches),
         model=model,
         num_microbatches=len(micro_batches),
         seq_length=seq_length,
-        micro_batch_size=micro_batches[0]["tokens"].shape[0],
+        micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
     return reduce_metrics(outputs, additive)
@@ -102,14 +106,15 @@ def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_f
 def _logprob_forward_step(temperature: float, data_iterator, model):
     """forward_step_func of ``forward_logprobs``: per-token log-probs of the labels and entropy."""
     batch = next(data_iterator)
-    logits = model(batch["tokens"], batch["position_ids"], None)
+    logits = model(batch["tokens"], batch["position_ids"], None,
+                   packed_seq_params=packed_seq_params(batch))
 
     def collect(output, non_loss_data=True):
         from megatron_hpt.loss import vocab_parallel_logprob_entropy
         logprobs, entropy = vocab_parallel_logprob_entropy(
             output, batch["labels"], temperature=temperature,
             group=parallel_state.get_tensor_model_parallel_group(), with_entropy=True)
-        return logprobs.detach().float(), entropy.detach().float()
+        return to_rows(batch, logprobs.detach().float()), to_rows(batch, entropy.detach().float())
     return logits, collect
 
 
@@ -124,13 +129,14 @@ def forward_logprobs(model, micro_batches: List[Dict[str, torch.Tensor]], seq_le
     was_training = [chunk.training for chunk in model]
     for chunk in model:
         chunk.eval()
+    seq_length, micro_batch_size = schedule_shape(model, micro_batches, seq_length)
     try:
         with torch.no_grad():
             out = get_forward_backward_func()(
                 forward_step_func=partial(_logprob_forward_step, temperature),
                 data_iterator=iter(micro_batches), model=model,
                 num_microbatches=len(micro_batches), seq_length=seq_length,
-                micro_batch_size=micro_batches[0]["tokens"].shape[0],
+                micro_batch_size=micro_batch_size,
                 forward_only=True, collect_non_loss_data=True)
     finally:
         for chunk, flag in zip(model, was_training):

@@ -71,8 +71,11 @@ class SftTask:
         return rows
 
     def micro_batches(self, iteration: int) -> List[Dict[str, torch.Tensor]]:
-        """This DP rank's share of the global batch, cut into micro-batches."""
-        return split_for_rank(self.global_batch(iteration), self.cfg.micro_batch_size)
+        """This DP rank's share of the global batch, cut into micro-batches (fixed size, or by
+        token budget: training/packing.py)."""
+        from megatron_hpt.training import packing
+        rows = split_for_rank(self.global_batch(iteration), 1 << 62)[0]
+        return packing.micro_batches(rows, self.cfg)
 
     def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:
         """SPEC §6: global denominators, computed once per step, shared by all micro-batches."""
