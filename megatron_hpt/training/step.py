@@ -157,4 +157,5 @@ def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_
     scheduler.step(increment=1)
     metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                    lr=optimizer.param_groups[0]["lr"], skipped=0.0 if update_successful else 1.0)
+    metrics["micro batches"] = float(len(micro_batches))  # this rank's (token budget: varies)
     return metrics
