@@ -122,8 +122,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reward-timeout", type=int, default=5,
                    help="seconds math-verify may spend parsing / comparing one answer")
     g.add_argument("--reward-workers", type=int, default=0,
-                   help="grader processes (0: grade in the trainer process); a grader past "
-                        "--reward-timeout x 2 seconds or one that crashes scores 0 and is replaced")
+                   help="grader processes on the first rank of each DP replica (0: grade in the trainer "
+                        "process); a grader past 3 x --reward-timeout + 2 s, or one that crashes, "
+                        "scores 0 (counted as `reward timeouts` / `reward failures`) and is replaced")
     g.add_argument("--use-cpu-initialization", action="store_true",
                    help="initialise full weights on CPU then split (same weights at any TP)")
 

@@ -42,7 +42,9 @@ from megatron_hpt.loss import compute_advantages, mu_at_step
 from megatron_hpt.rollout import SamplingParams
 from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rollout.trainer_engine import TrainerEngine
+from megatron_hpt.rewards.pool import RewardPool
 from megatron_hpt.training import packing
+from megatron_hpt.training.grading import grade_replica
 from megatron_hpt.training.loss_head import LossHead
 from megatron_hpt.training.old_policy import needs_entropy_early, old_logprob_source
 from megatron_hpt.training.setup import build_reference_model
@@ -79,6 +81,7 @@ class RlTask:
         self.cfg, self.tokenizer, self.model, self.source = cfg, tokenizer, model, source
         self.with_demos = uses_demonstrations(cfg)
         self.reward = reward_fn(cfg.reward_type or self.source.default_reward, cfg.reward_timeout)
+        self._pool, self.reward_stats = None, {}
         self.loss_fn = LossHead(cfg.loss, temperature=cfg.rollout.temperature or 1.0)
         self.engine = TrainerEngine(cfg, model, tokenizer)
         self.stats: Dict[str, float] = {}
@@ -123,8 +126,10 @@ class RlTask:
         samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
 
         n = ro.n_samples_per_prompt
-        rewards = torch.tensor([self.reward(tok.decode(s.response_token_ids, skip_special_tokens=True),
-                                            problems[s.prompt_index].answer) for s in samples])
+        rewards, self.reward_stats = grade_replica(
+            self._reward_pool, lambda: [(tok.decode(s.response_token_ids, skip_special_tokens=True),
+                                         problems[s.prompt_index].answer) for s in samples],
+            len(samples))
         correct = rewards.view(per_rank, n).sum(dim=1)
         branch = hpt_branch_coefficients(correct, n, ro.hpt_gate, ro.hpt_mode)
 
@@ -179,6 +184,13 @@ class RlTask:
         self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
         return mini_batches
 
+    def _reward_pool(self) -> RewardPool:
+        """The grader pool, started on first use (only grading ranks use it)."""
+        if self._pool is None:
+            self._pool = RewardPool(self.cfg.reward_type or self.source.default_reward,
+                                    self.cfg.reward_timeout, self.cfg.reward_workers)
+        return self._pool
+
     def _reference_logprobs(self, micro_batches) -> None:
         """Log-probs of the frozen reference policy for the KL terms (last pipeline stage)."""
         ref = forward_logprobs(self.reference, micro_batches, self.cfg.seq_length,
@@ -230,6 +242,7 @@ class RlTask:
         self.stats = {"reward": float(local[0]), "sft share": float(local[1]),
                       "response length": float(local[2]), "truncated": float(local[3])}
         self.stats.update(self.stats_extra)
+        self.stats.update(self.reward_stats)
 
     # ------------------------------------------------------------------ the loop's hooks
     def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:
@@ -250,3 +263,5 @@ class RlTask:
             return self.evaluate(model)
         finally:
             self.engine.shutdown()
+            if self._pool is not None:
+                self._pool.close()

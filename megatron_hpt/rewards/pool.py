@@ -1,0 +1,150 @@
+"""Grading a step's answers in a pool of worker processes (``--reward-workers``).
+
+Each answer is graded once, by one worker, under a hard wall-clock limit (``hard_limit_s``:
+math-verify bounds each of its three steps, parse gold / parse answer / verify, by
+``--reward-timeout``; the limit is three of those plus 2 s of slack). A worker that passes the
+limit is killed and replaced, one that dies (a crash in native code, ``os._exit``) is replaced;
+either way that answer scores 0 and is counted (``timeouts``, ``failures``); a grader that raises
+scores 0 and counts as a failure. The pool lives as long as the trainer (workers start once, with
+the grader imported) and keeps ``workers`` answers in flight.
+
+With ``workers = 0`` answers are graded in the calling process (math-verify's own timeouts only).
+Graders: ``arithmetic`` / ``math`` (rewards/__init__.py) or ``"module:function"``, a function
+``(response, answer) -> float`` importable in the worker (tests use it for a hanging grader).
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import List, Sequence, Tuple
+
+
+def resolve_grader(name: str, timeout_s: int):
+    if ":" in name:
+        module, fn = name.split(":", 1)
+        return getattr(importlib.import_module(module), fn)
+    from megatron_hpt.rewards import reward_fn
+    return reward_fn(name, timeout_s)
+
+
+def _serve(conn, name: str, timeout_s: int) -> None:
+    """Worker loop: import the grader, say ready, then grade (index, response, answer) messages."""
+    grade = resolve_grader(name, timeout_s)
+    conn.send("ready")
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        i, response, answer = msg
+        try:
+            conn.send((i, float(grade(response, answer)), None))
+        except Exception as e:  # the grader's failure is this answer's 0, not the worker's end
+            conn.send((i, 0.0, f"{type(e).__name__}: {e}"))
+
+
+@dataclass
+class GradeReport:
+    """Scores of one call, in answer order, and what went wrong."""
+
+    scores: List[float]
+    """One score per answer (0 for an answer whose grader hung, crashed or raised)."""
+    timeouts: int = 0
+    """Answers whose grader passed the hard limit (worker killed and replaced)."""
+    failures: int = 0
+    """Answers whose grader raised or whose worker died."""
+    errors: List[str] = field(default_factory=list)
+    """The first few failure messages (for the log)."""
+
+
+class _Worker:
+    def __init__(self, ctx, name, timeout_s):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, name, timeout_s), daemon=True)
+        self.proc.start()
+        child.close()
+        if not self.conn.poll(120) or self.conn.recv() != "ready":
+            self.kill()
+            raise RuntimeError(f"reward worker for grader {name!r} did not start in 120 s")
+        self.task = None  # (index, deadline)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+
+class RewardPool:
+    """``grade(pairs)`` -> GradeReport; ``close()`` stops the workers."""
+
+    def __init__(self, grader: str, timeout_s: int = 5, workers: int = 0, hard_limit_s=None):
+        self.grader, self.timeout_s, self.num_workers = grader, timeout_s, workers
+        self.hard_limit_s = 3 * timeout_s + 2.0 if hard_limit_s is None else hard_limit_s
+        self._ctx = mp.get_context("spawn")  # no fork of a process holding torch threads
+        self._workers: List[_Worker] = []
+        self._inline = resolve_grader(grader, timeout_s) if workers == 0 else None
+
+    def grade(self, pairs: Sequence[Tuple[str, str]]) -> GradeReport:
+        report = GradeReport(scores=[0.0] * len(pairs))
+        if self._inline is not None:
+            for i, (response, answer) in enumerate(pairs):
+                try:
+                    report.scores[i] = float(self._inline(response, answer))
+                except Exception as e:
+                    self._fail(report, f"{type(e).__name__}: {e}")
+            return report
+        while len(self._workers) < self.num_workers:
+            self._workers.append(_Worker(self._ctx, self.grader, self.timeout_s))
+        pending = deque(enumerate(pairs))
+        while pending or any(w.task for w in self._workers):
+            for w in self._workers:
+                if w.task is None and pending:
+                    i, (response, answer) = pending.popleft()
+                    w.conn.send((i, response, answer))
+                    w.task = (i, time.monotonic() + self.hard_limit_s)
+            busy = [w for w in self._workers if w.task]
+            next_deadline = min(w.task[1] for w in busy)
+            ready = wait([w.conn for w in busy], timeout=max(0.0, next_deadline - time.monotonic()))
+            for k, w in enumerate(self._workers):
+                if w.task is None:
+                    continue
+                if w.conn in ready:
+                    try:
+                        i, score, err = w.conn.recv()
+                    except (EOFError, OSError):  # the worker died mid-answer
+                        self._replace(k, report, f"reward worker died (exit {w.proc.exitcode})")
+                        continue
+                    report.scores[i] = score
+                    if err:
+                        self._fail(report, err)
+                    w.task = None
+                elif time.monotonic() >= w.task[1]:
+                    report.timeouts += 1
+                    self._replace(k, report, None)
+        return report
+
+    def _fail(self, report: GradeReport, message: str) -> None:
+        report.failures += 1
+        if len(report.errors) < 5:
+            report.errors.append(message)
+
+    def _replace(self, k: int, report: GradeReport, failure) -> None:
+        """Kill worker k (its answer keeps score 0) and start a fresh one."""
+        if failure is not None:
+            self._fail(report, failure)
+        self._workers[k].kill()
+        self._workers[k] = _Worker(self._ctx, self.grader, self.timeout_s)
+
+    def close(self) -> None:
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            w.proc.join(5)
+            if w.proc.is_alive():
+                w.kill()
+        self._workers = []
