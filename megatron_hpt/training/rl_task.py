@@ -44,6 +44,7 @@ from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rollout.trainer_engine import TrainerEngine
 from megatron_hpt.rewards.pool import RewardPool
 from megatron_hpt.training import packing
+from megatron_hpt.training.dynamic_sampling import fill_batch
 from megatron_hpt.training.grading import grade_replica
 from megatron_hpt.training.loss_head import LossHead
 from megatron_hpt.training.old_policy import needs_entropy_early, old_logprob_source
@@ -110,26 +111,17 @@ class RlTask:
         """Rollout batch ``index``: this rank's rows, cut into ``updates`` mini-batches (whole
         prompt groups each) of micro-batches; old log-probs taken before the first update."""
         cfg, ro, tok = self.cfg, self.cfg.rollout, self.tokenizer
-        dp_rank = parallel_state.get_data_parallel_rank()
         per_rank = ro.batch_size // parallel_state.get_data_parallel_world_size()
-        problems = self.source.items(index * ro.batch_size + dp_rank * per_rank, per_rank)
-        prompt_ids = [p.prompt_ids for p in problems]
-        room = cfg.seq_length + 1 - max(map(len, prompt_ids))
-        if room < 1:
-            raise ValueError(f"{cfg.data_path}: a prompt of rollout batch {index} is "
-                             f"{max(map(len, prompt_ids))} tokens, longer than --seq-length")
-        sampling = SamplingParams(
-            temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
-            max_new_tokens=min(ro.max_response_len or room, room),
-            eos_token_ids=(tok.eos_token_id,),
-            seed=self.engine.data_parallel_seed(cfg.seed, index))
-        samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
-
         n = ro.n_samples_per_prompt
-        rewards, self.reward_stats = grade_replica(
-            self._reward_pool, lambda: [(tok.decode(s.response_token_ids, skip_special_tokens=True),
-                                         problems[s.prompt_index].answer) for s in samples],
-            len(samples))
+        self.reward_stats = {}
+        if cfg.loss.filter_groups:  # DAPO dynamic sampling: draws index * R + round
+            rounds = ro.max_rollout_rounds
+            problems, samples, rewards, filtered = fill_batch(
+                lambda r: self._draw(index * rounds + r, per_rank), per_rank, n, rounds,
+                parallel_state.get_data_parallel_group())
+            self.reward_stats.update(filtered)
+        else:
+            problems, samples, rewards = self._draw(index, per_rank)
         correct = rewards.view(per_rank, n).sum(dim=1)
         branch = hpt_branch_coefficients(correct, n, ro.hpt_gate, ro.hpt_mode)
 
@@ -183,6 +175,30 @@ class RlTask:
             mb["advantages"] = adv[:, :mb["loss_mask"].shape[1]] if adv.dim() == 2 else adv
         self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
         return mini_batches
+
+    def _draw(self, index: int, per_rank: int):
+        """Prompts ``index`` of this replica, their rollouts and rewards (graded once)."""
+        cfg, ro, tok = self.cfg, self.cfg.rollout, self.tokenizer
+        dp_rank = parallel_state.get_data_parallel_rank()
+        problems = self.source.items(index * ro.batch_size + dp_rank * per_rank, per_rank)
+        prompt_ids = [p.prompt_ids for p in problems]
+        room = cfg.seq_length + 1 - max(map(len, prompt_ids))
+        if room < 1:
+            raise ValueError(f"{cfg.data_path}: a prompt of rollout batch {index} is "
+                             f"{max(map(len, prompt_ids))} tokens, longer than --seq-length")
+        sampling = SamplingParams(
+            temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
+            max_new_tokens=min(ro.max_response_len or room, room),
+            eos_token_ids=(tok.eos_token_id,),
+            seed=self.engine.data_parallel_seed(cfg.seed, index))
+        samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
+        rewards, counts = grade_replica(
+            self._reward_pool, lambda: [(tok.decode(s.response_token_ids, skip_special_tokens=True),
+                                         problems[s.prompt_index].answer) for s in samples],
+            len(samples))
+        for k, v in counts.items():
+            self.reward_stats[k] = self.reward_stats.get(k, 0.0) + v
+        return problems, samples, rewards
 
     def _reward_pool(self) -> RewardPool:
         """The grader pool, started on first use (only grading ranks use it)."""

@@ -88,6 +88,8 @@ def _rl_task(preset_name, extra=()):
     task.with_demos, task.stats, task.stats_extra = uses_demonstrations(cfg), {}, {}
     task.updates, task._rollout_index, task._mini_batches, task.reference = 1, None, [], None
     task.source, task.reward = PromptSource(cfg.data_path, tok, cfg.seed), arithmetic_reward
+    from megatron_hpt.training.loss_head import LossHead
+    task.loss_fn, task._pool, task.reward_stats = LossHead(cfg.loss), None, {}
     return task, cfg, tok
 
 
@@ -158,6 +160,9 @@ def losses_of_one_step(presets):
             task.loss_fn = LossHead(cfg.loss)
             problems = arithmetic.problems(cfg.seed, 0, 3)
             task.engine = ScriptedEngine(tok, [p.answer for p in problems], [0, 2, 4])
+            # no model here: a pre-step pass (EGSPO's batch entropies) leaves π_old's entropy
+            # to the head, as the engine's log-probs would
+            task._recompute_old_logprobs = lambda mbs, entropy_only=False: None
             mbs = task.micro_batches(0)
             task.attach_normalizers(mbs)
             g = torch.Generator().manual_seed(0)
