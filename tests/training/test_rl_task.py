@@ -164,6 +164,9 @@ def losses_of_one_step(presets):
             # to the head, as the engine's log-probs would
             task._recompute_old_logprobs = lambda mbs, entropy_only=False: None
             mbs = task.micro_batches(0)
+            # π_old = the scripted engine's log-probs (not the head's own forward), so that ratios
+            # differ from 1 and every preset's surrogate has a non-zero value
+            task.loss_fn.old_from_forward = False
             task.attach_normalizers(mbs)
             g = torch.Generator().manual_seed(0)
             total, names = 0.0, set()
