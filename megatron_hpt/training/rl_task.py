@@ -7,13 +7,18 @@ batch, on each data-parallel replica:
     prompts      this replica's --rollout-batch-size / DP prompts of the step (data/prompts.py)
     rollouts     --n-samples-per-prompt samples each from the rollout engine, with the log-prob
                  of every sampled token
-    old logprobs one update per rollout batch, so π_old is the policy that sampled: the engine's
-                 log-probs (embedded engine: the training model itself, equal to fp32
-                 round-off, tested in tests/rollout) or, by default for vLLM, one forward pass
-                 of the training model (--rollout-logprobs recompute); the mean gap between the
-                 two is logged as `rollout logprob gap`
+    old logprobs π_old is the policy that sampled. With one update per rollout batch it is the
+                 training model itself: its log-probs and entropy are the detached values of
+                 the training forward (no extra pass; training/old_policy.py), unless vLLM's own
+                 log-probs are asked for (--rollout-logprobs engine). A forward-only pass runs
+                 before the first update only where it changes the result: several updates,
+                 KL in the reward, EGSPO's batch-entropy gate. The mean gap between the
+                 engine's and the training model's log-probs is logged as `rollout logprob gap`
+    dynamic      presets with filter_groups (dapo): all-equal groups dropped, prompts redrawn
+    sampling     (training/dynamic_sampling.py)
     rewards      1 for a correct final answer, else 0 (rewards/: builtin exact match, or
-                 math-verify for data files)
+                 math-verify for data files), graded once per replica, in --reward-workers
+                 processes (training/grading.py, rewards/pool.py)
     gate         HPT: per prompt, from its number of correct rollouts (hybrid/hpt_gate.py)
     reference    with a KL term (--loss-kl-coef > 0): log-probs of a frozen copy of the
                  starting policy (as loss, k1/k2/k3, or in the reward for REINFORCE++)
