@@ -18,11 +18,11 @@ from training.common import TINY_MODEL, layout, many_full_weights, rl_steps, sav
 SGD = ["--optimizer", "sgd", "--lr", "1000", "--clip-grad", "0", "--weight-decay", "0",
        "--global-batch-size", "8", "--seed", "7", "--micro-batch-size", "2"]
 INVARIANT = ["grpo", "hpt_clean", "luffy", "egspo"]
-LAYOUTS = {"tp1": (1, 1), "tp2": (2, 2), "dp2": (1, 2)}  # name: (tp, world size)
+LAYOUTS = {"tp1": (1, 1, 1), "tp2": (2, 1, 2), "dp2": (1, 1, 2), "pp2": (1, 2, 2)}  # (tp, pp, world)
 # (layout, micro-batch size) per run; at DP=2 each rank holds 4 rows, so mb 2 is a 2-way split
 # token budgets: "t64" puts the 8 rows (7..32 tokens) into 4 micro-batches of mixed shapes
 RUNS = [("tp1", 8), ("tp1", 4), ("tp1", 2), ("tp1", "t64"), ("tp2", 2), ("tp2", "t64"),
-        ("dp2", 2), ("dp2", "t40")]
+        ("dp2", 2), ("dp2", "t40"), ("pp2", "t64")]  # PP: stages exchange each shape
 #: π_old = current policy: recompute pass vs detached training forward (same budget layout)
 OLD_FROM_FORWARD = ["grpo", "luffy"]
 
@@ -34,13 +34,13 @@ def steps(tmp_path_factory):
     init = os.path.join(root, "init")
     run_distributed(save_initial_weights, 1, init)
     jobs = {}
-    for name, (tp, world) in LAYOUTS.items():
+    for name, (tp, pp, world) in LAYOUTS.items():
         runs = [(p, mbs) for lay, mbs in RUNS if lay == name for p in INVARIANT]
         if name == "tp1":
             runs += [("hpt", 8), ("hpt", 2)]
             runs += [(p, f"t64_{how}") for p in OLD_FROM_FORWARD for how in ("recompute", "forward")]
         save_root = os.path.join(root, name)
-        losses = run_distributed(rl_steps, world, TINY_MODEL + SGD + layout(tp), runs, init,
+        losses = run_distributed(rl_steps, world, TINY_MODEL + SGD + layout(tp, pp), runs, init,
                                  save_root)[-1]
         for (p, mbs), loss in zip(runs, losses):
             jobs[(p, name, mbs)] = (loss, os.path.join(save_root, f"{p}_mb{mbs}"))
