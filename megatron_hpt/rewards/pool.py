@@ -66,9 +66,15 @@ class _Worker:
         self.proc = ctx.Process(target=_serve, args=(child, name, timeout_s), daemon=True)
         self.proc.start()
         child.close()
-        if not self.conn.poll(120) or self.conn.recv() != "ready":
+        try:
+            ready = self.conn.poll(120) and self.conn.recv() == "ready"
+        except (EOFError, OSError):  # the worker died importing the grader
+            ready = False
+        if not ready:
+            code = self.proc.exitcode
             self.kill()
-            raise RuntimeError(f"reward worker for grader {name!r} did not start in 120 s")
+            raise RuntimeError(f"reward worker for grader {name!r} did not start in 120 s "
+                               f"(exit code {code}; see its traceback above)")
         self.task = None  # (index, deadline)
 
     def kill(self) -> None:
