@@ -94,3 +94,36 @@ def test_thd_stream_boundaries_positions_masks_and_unpack():
     psp = packing.packed_seq_params(mb)
     assert psp.qkv_format == "thd" and psp.max_seqlen_q == 12 and psp.cu_seqlens_q.tolist() == [0, 6, 18, 22]
     assert packing.packed_seq_params(r) is None
+
+
+@pytest.mark.parametrize("preset_name", ["grpo", "hpt_clean", "luffy"])
+def test_loss_head_on_a_thd_stream_equals_the_padded_rows(preset_name, monkeypatch):
+    """The loss head reads a packed micro-batch through its row boundaries: with logits that are
+    a function of the token only (so packing cannot change them), loss and gradient equal the
+    padded micro-batch's."""
+    from megatron_hpt.loss import preset
+    from megatron_hpt.training import loss_head
+    from megatron_hpt.training.loss_head import LossHead
+    monkeypatch.setattr(loss_head.parallel_state, "get_tensor_model_parallel_group", lambda: None)
+    monkeypatch.setattr(loss_head.parallel_state, "get_data_parallel_group",
+                        lambda with_context_parallel=False: None)
+    r = _rows([5, 12, 9, 3, 16])
+    r["is_demo"] = torch.tensor([False, False, False, True, False])
+    r["advantages"] = torch.tensor([0.5, -1.0, 0.7, 1.0, -0.2])
+    if preset_name.startswith("hpt"):
+        r["on_policy_weight"] = torch.ones(5)
+        r["sft_weight"] = r["is_demo"].float()
+    head = LossHead(preset(preset_name))
+    padded = packing.take(r, range(5), 16)
+    packed = packing.pack_thd(padded, multiple=1)
+    results = []
+    for mb in (padded, packed):
+        head.attach_normalizers([mb])
+        table = torch.randn(50, 50, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        loss, n, _ = head(table[mb["tokens"]], mb)
+        loss.backward()
+        results.append((float(loss.detach()), int(n), table.grad))
+    (l_pad, n_pad, g_pad), (l_pack, n_pack, g_pack) = results
+    assert packed["tokens"].shape == (1, 5 + 12 + 9 + 3 + 16) and n_pad == n_pack
+    assert l_pack == pytest.approx(l_pad, rel=1e-6) and l_pad != 0.0
+    assert torch.allclose(g_pack, g_pad, rtol=1e-5, atol=1e-7)
