@@ -149,13 +149,13 @@ class RlTask:
             rows.update(on_policy_weight=on_w.reshape(-1), sft_weight=sft_w.reshape(-1),
                         demo_rl_weight=demo_rl_w.reshape(-1))
         # mini-batches of whole prompt groups, each cut into micro-batches (fixed size or by
-        # token budget, training/packing.py); ``index``: each micro-batch's rows
+        # token budget, training/packing.py); ``row_index``: each micro-batch's rows
         n_rows, rows_per_update = per_rank * per_row, per_rank * per_row // self.updates
-        mini_batches, index = [], []
+        mini_batches, row_index = [], []
         for start in range(0, n_rows, rows_per_update):
             part, sub = {k: v[start:start + rows_per_update] for k, v in rows.items()}, []
             mini_batches.append(packing.micro_batches(part, cfg, sub))
-            index += [[start + i for i in idx] for idx in sub]
+            row_index += [[start + i for i in idx] for idx in sub]
         flat = [mb for mini in mini_batches for mb in mini]
         source = old_logprob_source(cfg, self.updates, self.reference is not None)
         self.loss_fn.old_from_forward = source == "forward"
@@ -168,14 +168,14 @@ class RlTask:
         # advantages last: KL-in-reward (REINFORCE++) reads the old and reference log-probs
         extras = {}
         if cfg.loss.kl_mode == "reward" and self.reference is not None and "ref_logprobs" in flat[0]:
-            extras = {k: packing.unpack([mb[k] for mb in flat], index, n_rows, cfg.seq_length)
+            extras = {k: packing.unpack([mb[k] for mb in flat], row_index, n_rows, cfg.seq_length)
                       for k in ("old_logprobs", "ref_logprobs")}
         group = torch.arange(per_rank)[:, None].expand(per_rank, per_row).reshape(-1)
         advantages = compute_advantages(
             all_rewards.reshape(-1), group, cfg.loss, is_demo=rows["is_demo"],
             response_mask=rows["loss_mask"],
             group=parallel_state.get_data_parallel_group(), **extras).float()
-        for idx, mb in zip(index, flat):
+        for idx, mb in zip(row_index, flat):
             adv = advantages[torch.tensor(idx)]
             mb["advantages"] = adv[:, :mb["loss_mask"].shape[1]] if adv.dim() == 2 else adv
         self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
