@@ -1,6 +1,7 @@
 """End to end through ``train.run`` (rollouts, rewards, gate, advantages, normalizers): a token
 budget regroups a rollout batch's rows into micro-batches of their own shapes and leaves every
-step's loss and gradient norm as with fixed micro-batches (hpt_clean: globally normalized)."""
+step's loss and gradient norm as with fixed micro-batches (hpt_clean: globally normalized); the
+second run also grades in a worker process (--reward-workers 1), which gives the same rewards."""
 import pytest
 
 from dist_utils import run_distributed
@@ -16,9 +17,11 @@ def _run(extra):
 
 def test_token_budget_run_equals_fixed_micro_batches():
     ref = run_distributed(train, 1, _run([]))[0]
-    got = run_distributed(train, 1, _run(["--max-tokens-per-micro-batch", "40"]))[0]
+    got = run_distributed(train, 1, _run(["--max-tokens-per-micro-batch", "40",
+                                          "--reward-workers", "1"]))[0]
     for key in ("lm loss", "grad_norm", "reward", "response length"):
         assert [m[key] for m in got] == pytest.approx([m[key] for m in ref], rel=1e-5, abs=1e-6), key
     assert ref[1]["grad_norm"] > 0
+    assert got[0]["reward timeouts"] == got[0]["reward failures"] == 0.0
     assert [m["micro batches"] for m in ref] == [4.0, 4.0]  # 16 rows, 4 per micro-batch
     assert [m["micro batches"] for m in got] != [4.0, 4.0], [m["micro batches"] for m in got]
