@@ -6,7 +6,9 @@ math-verify bounds each of its three steps, parse gold / parse answer / verify, 
 limit is killed and replaced, one that dies (a crash in native code, ``os._exit``) is replaced;
 either way that answer scores 0 and is counted (``timeouts``, ``failures``); a grader that raises
 scores 0 and counts as a failure. The pool lives as long as the trainer (workers start once, with
-the grader imported) and keeps ``workers`` answers in flight.
+the grader imported) and keeps ``workers`` answers in flight. A worker is a fresh interpreter
+(``python -m megatron_hpt.rewards.pool FD GRADER TIMEOUT``, talking over a socket pair), so it
+never re-imports the trainer's main module, torch or megatron.
 
 With ``workers = 0`` answers are graded in the calling process (math-verify's own timeouts only).
 Graders: ``arithmetic`` / ``math`` (rewards/__init__.py) or ``"module:function"``, a function
@@ -15,11 +17,14 @@ Graders: ``arithmetic`` / ``math`` (rewards/__init__.py) or ``"module:function"`
 from __future__ import annotations
 
 import importlib
-import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from typing import List, Sequence, Tuple
 
 
@@ -61,17 +66,20 @@ class GradeReport:
 
 
 class _Worker:
-    def __init__(self, ctx, name, timeout_s):
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, name, timeout_s), daemon=True)
-        self.proc.start()
-        child.close()
+    def __init__(self, name, timeout_s):
+        mine, theirs = socket.socketpair()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "megatron_hpt.rewards.pool", str(theirs.fileno()), name,
+             str(timeout_s)], pass_fds=(theirs.fileno(),), env=env)
+        theirs.close()
+        self.conn = Connection(mine.detach())
         try:
             ready = self.conn.poll(120) and self.conn.recv() == "ready"
         except (EOFError, OSError):  # the worker died importing the grader
             ready = False
         if not ready:
-            code = self.proc.exitcode
+            code = self.proc.poll()
             self.kill()
             raise RuntimeError(f"reward worker for grader {name!r} did not start in 120 s "
                                f"(exit code {code}; see its traceback above)")
@@ -79,7 +87,7 @@ class _Worker:
 
     def kill(self) -> None:
         self.proc.kill()
-        self.proc.join(5)
+        self.proc.wait(5)
         self.conn.close()
 
 
@@ -89,7 +97,6 @@ class RewardPool:
     def __init__(self, grader: str, timeout_s: int = 5, workers: int = 0, hard_limit_s=None):
         self.grader, self.timeout_s, self.num_workers = grader, timeout_s, workers
         self.hard_limit_s = 3 * timeout_s + 2.0 if hard_limit_s is None else hard_limit_s
-        self._ctx = mp.get_context("spawn")  # no fork of a process holding torch threads
         self._workers: List[_Worker] = []
         self._inline = resolve_grader(grader, timeout_s) if workers == 0 else None
 
@@ -103,7 +110,7 @@ class RewardPool:
                     self._fail(report, f"{type(e).__name__}: {e}")
             return report
         while len(self._workers) < self.num_workers:
-            self._workers.append(_Worker(self._ctx, self.grader, self.timeout_s))
+            self._workers.append(_Worker(self.grader, self.timeout_s))
         pending = deque(enumerate(pairs))
         while pending or any(w.task for w in self._workers):
             for w in self._workers:
@@ -121,7 +128,7 @@ class RewardPool:
                     try:
                         i, score, err = w.conn.recv()
                     except (EOFError, OSError):  # the worker died mid-answer
-                        self._replace(k, report, f"reward worker died (exit {w.proc.exitcode})")
+                        self._replace(k, report, f"reward worker died (exit {w.proc.wait(5)})")
                         continue
                     report.scores[i] = score
                     if err:
@@ -142,15 +149,21 @@ class RewardPool:
         if failure is not None:
             self._fail(report, failure)
         self._workers[k].kill()
-        self._workers[k] = _Worker(self._ctx, self.grader, self.timeout_s)
+        self._workers[k] = _Worker(self.grader, self.timeout_s)
 
     def close(self) -> None:
         for w in self._workers:
             try:
                 w.conn.send(None)
-            except (BrokenPipeError, OSError):
+                w.proc.wait(5)
+            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                 pass
-            w.proc.join(5)
-            if w.proc.is_alive():
+            if w.proc.poll() is None:
                 w.kill()
+            else:
+                w.conn.close()
         self._workers = []
+
+
+if __name__ == "__main__":  # a worker: FD GRADER TIMEOUT
+    _serve(Connection(int(sys.argv[1])), sys.argv[2], int(sys.argv[3]))
