@@ -5,6 +5,8 @@ Answers: for problem i, ``The answer is $\\boxed{a}$`` with a = its own ground t
 the next problem's (odd i, mostly wrong), so parse and verify both run. Pools are started before
 timing (start-up reported separately). Hang: the same answers plus one whose grader sleeps
 forever (``hang_or_math``); its worker is killed at the hard limit (3 x --reward-timeout + 2 s).
+A grader that waits 20 ms without computing (``waits``) shows whether answers overlap when the
+cores are busy with other jobs.
 
 Usage: ``python benchmarks/reward_grading.py [--n 500] [--reps 2] [--timeout 5]``."""
 from __future__ import annotations
@@ -29,6 +31,12 @@ def hang_or_math(response: str, answer: str) -> float:
         time.sleep(10 ** 6)
     from megatron_hpt.rewards import math_reward
     return math_reward(response, answer, 5)
+
+
+def waits(response: str, answer: str) -> float:
+    """A grader that takes 20 ms without using the CPU (checks that answers overlap)."""
+    time.sleep(0.02)
+    return float(response == answer)
 
 
 def pairs(n, path):
@@ -72,6 +80,18 @@ def main():
     print(f"2 / 1 workers answers/s: {med[1] / med[2]:.2f}")
     for pool in pools.values():
         pool.close()
+
+    # concurrency without CPU contention: a 20 ms waiting grader, 1 vs 2 workers
+    waited = {}
+    for w in (1, 2):
+        pool = RewardPool("reward_grading:waits", a.timeout, workers=w)
+        pool.grade(work[:2])
+        t0 = time.perf_counter()
+        pool.grade(work[:200])
+        waited[w] = time.perf_counter() - t0
+        pool.close()
+    print(f"20 ms waiting grader, 200 answers: 1 worker {waited[1]:.2f} s, 2 workers "
+          f"{waited[2]:.2f} s, ratio {waited[1] / waited[2]:.2f}")
 
     hang = RewardPool("reward_grading:hang_or_math", a.timeout, workers=2)
     try:
