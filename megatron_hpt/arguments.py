@@ -56,6 +56,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="vocabulary rows; default: the tokenizer's, padded to a multiple of "
                         "--make-vocab-size-divisible-by (not x TP: the model is the same at any TP)")
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default=None,
+                   help="layer spec; default: transformer_engine when CUDA and Transformer Engine "
+                        "are present, local otherwise (models/provider.py)")
 
 
 def add_parallel_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,6 +112,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "one THD stream (PackedSeqParams, no padding); needs Transformer Engine")
     g.add_argument("--train-iters", type=int, default=100)
     g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--max-skipped-iterations", type=int, default=10,
+                   help="stop the run after this many iterations in a row were skipped for a "
+                        "non-finite loss or gradient norm")
     g.add_argument("--data-path", default="builtin:arithmetic",
                    help="builtin:arithmetic (no files needed) or a verl/LUFFY .parquet, a .jsonl or "
                         "a .json array with prompt / target / reward_model.ground_truth (or "
@@ -191,6 +197,8 @@ class TrainingConfig:
     """Parallel layout."""
     params_dtype: torch.dtype = torch.float32
     """Parameter dtype (bf16/fp16 with --bf16/--fp16)."""
+    transformer_impl: str = "local"
+    """megatron-core layer spec: local or transformer_engine (resolved by models/provider.py)."""
     fp8_format: Optional[str] = None
     """FP8 format for Transformer Engine, or None."""
     fp8_recipe: str = "delayed"
@@ -209,6 +217,8 @@ class TrainingConfig:
     """Optimizer steps to run."""
     seed: int = 1234
     """Seed for weights, data order and sampling."""
+    max_skipped_iterations: int = 10
+    """Stop after this many consecutive iterations skipped for a non-finite loss or grad norm."""
     use_cpu_initialization: bool = False
     """Initialise full weights on CPU then split (TP-invariant initial weights)."""
     data_path: str = "builtin:arithmetic"
@@ -309,7 +319,9 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
                       f"--pipeline-model-parallel-size {pp}; choose a PP size that divides it")
     needs_te = [name for name, on in (("--context-parallel-size > 1", cp > 1),
                                       ("--sequence-parallel", par.sequence_parallel),
-                                      ("--fp8-format", cfg.fp8_format is not None)) if on]
+                                      ("--fp8-format", cfg.fp8_format is not None),
+                                      ("--transformer-impl transformer_engine",
+                                       cfg.transformer_impl == "transformer_engine")) if on]
     if needs_te and not _te_available():
         errors.append(f"{', '.join(needs_te)} needs Transformer Engine, which is not installed: "
                       "on a CUDA machine run `pip install -e .[gpu]` (or use the Dockerfile), "
@@ -347,6 +359,8 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
                       f"{s.max_position_embeddings}")
     if cfg.loss is not None and cfg.loss_preset != "sft":
         errors += rl_config_errors(cfg, pp, dp)
+    if cfg.max_skipped_iterations < 1:
+        errors.append(f"--max-skipped-iterations must be >= 1, got {cfg.max_skipped_iterations}")
     if cfg.save_interval is not None and not cfg.save:
         errors.append("--save-interval needs --save DIR")
     if errors:
@@ -385,6 +399,11 @@ def _shape_from_flags(args, vocab_size: Optional[int], tp: int) -> ModelShape:
     )
 
 
+def _resolve_impl(requested: Optional[str]) -> str:
+    from megatron_hpt.models.provider import resolve_transformer_impl
+    return resolve_transformer_impl(requested)
+
+
 def build_config(args: argparse.Namespace, world_size: int = 1,
                  tokenizer_vocab_size: Optional[int] = None) -> TrainingConfig:
     """Turn parsed flags into a validated TrainingConfig (raises ConfigError)."""
@@ -416,10 +435,11 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         parallel=ParallelConfig(tp, pp, cp, args.sequence_parallel, args.use_distributed_optimizer,
                                 args.overlap_grad_reduce, dp),
         params_dtype=dtype, fp8_format=args.fp8_format, fp8_recipe=args.fp8_recipe,
+        transformer_impl=_resolve_impl(args.transformer_impl),
         seq_length=args.seq_length or min(shape.max_position_embeddings, 64),
         micro_batch_size=args.micro_batch_size,
         global_batch_size=args.global_batch_size or args.micro_batch_size * dp,
-        train_iters=args.train_iters, seed=args.seed,
+        train_iters=args.train_iters, seed=args.seed, max_skipped_iterations=args.max_skipped_iterations,
         use_cpu_initialization=args.use_cpu_initialization or not cuda_available(),
         data_path=args.data_path, hf_model=args.hf_model,
         data_skip_bad_rows=args.data_skip_bad_rows, eval_data_path=args.eval_data_path,

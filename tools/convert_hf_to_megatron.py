@@ -42,8 +42,9 @@ def main(argv=None) -> int:
         shape = convert_hf_to_megatron(a.hf_dir, a.save, a.tensor_model_parallel_size,
                                        a.pipeline_model_parallel_size, a.target_params_dtype, a.overwrite,
                                        progress=not a.no_progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # bad input, or the disk (full, read-only): nothing written
+        print(f"error: {e}" + ("" if isinstance(e, (ValueError, FileNotFoundError, FileExistsError))
+                               else f"; nothing was written to {a.save}"), file=sys.stderr)
         return 1
     print(f"wrote {a.save} ({shape.hf_model_type}, {shape.num_layers} layers)")
     return 0

@@ -47,18 +47,28 @@ def main(argv=None) -> int:
     from megatron_hpt.rollout import SamplingParams, build_engine
     from megatron_hpt.training import distributed
 
-    tokenizer = ev.load_tokenizer_for(a.load, a.hf_model)
-    chat = a.prompt_format == "chat" or (a.prompt_format == "auto" and bool(getattr(tokenizer, "chat_template", None)))
-    try:
-        benchmarks = {b: ev.benchmark_items(b, tokenizer, chat, a.limit, train_seed=a.train_seed)
+    try:  # every input checked before any process group or model: one line, exit code 2
+        tokenizer = ev.load_tokenizer_for(a.load, a.hf_model)
+        chat = a.prompt_format == "chat" or (a.prompt_format == "auto" and bool(getattr(tokenizer, "chat_template", None)))
+        builtin_tokenizer = not a.hf_model and not (a.load and os.path.isdir(os.path.join(a.load, "tokenizer")))
+        benchmarks = {b: ev.benchmark_items(b, tokenizer, chat, a.limit, train_seed=a.train_seed,
+                                            strict_chars=builtin_tokenizer)
                       for b in a.benchmark}
-    except (DataError, FileNotFoundError) as e:
+        positions = ev.model_positions(a.load, a.hf_model)
+        for name, items in benchmarks.items():
+            ev.check_prompt_lengths(name, items, positions)
+    except (DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    longest = max(len(it.prompt_ids) for items in benchmarks.values() for it in items)
+    if positions is not None and longest + a.max_new_tokens > positions:
+        print(f"note: --max-new-tokens {a.max_new_tokens} capped at {positions - longest}: the "
+              f"longest prompt is {longest} tokens and the model has {positions} positions",
+              file=sys.stderr)
+        a.max_new_tokens = positions - longest
     world = distributed.world_from_env()
     distributed.initialize(world.world_size, 1, seed=a.seed)
     try:
-        longest = max(len(it.prompt_ids) for items in benchmarks.values() for it in items)
         if a.engine == "vllm" and a.hf_model and not a.load:
             engine = build_engine("vllm", hf_dir=a.hf_model, tensor_parallel_size=world.world_size,
                                   seed=a.seed, max_model_len=longest + a.max_new_tokens)

@@ -176,6 +176,21 @@ def save_streaming(ckpt_dir: str, entries: List[CheckpointEntry], num_layers: in
     torch.save({}, os.path.join(ckpt_dir, "common.pt"))
 
 
+#: first components of the keys of a GPTModel's sharded state dict; a training checkpoint also
+#: holds ``optimizer.*`` tensors (Adam moments, fp32 main params) and non-tensor state
+MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.")
+
+
+def is_model_key(key: str) -> bool:
+    """True for a checkpoint key of the model's weights (not optimizer or other training state)."""
+    return key.startswith(MODEL_KEY_PREFIXES)
+
+
+def read_model_tensor_metadata(ckpt_dir: str) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
+    """``read_tensor_metadata`` of the model's weights only (optimizer state and the rest left out)."""
+    return {k: v for k, v in read_tensor_metadata(ckpt_dir).items() if is_model_key(k)}
+
+
 def read_tensor_metadata(ckpt_dir: str) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
     """Checkpoint key -> (global shape, dtype) of every tensor (objects left out)."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
@@ -245,12 +260,28 @@ def load_megatron_weights(load_dir: str, model) -> str:
     #                   "unexpected": requested by this rank but absent from the checkpoint)
     state, not_loaded, not_in_ckpt = dist_checkpointing.load(
         {"model": model.sharded_state_dict()}, ckpt_dir, strict=StrictHandling.RETURN_ALL)
+    # ``_extra_state`` (TE's FP8 metadata; empty for local layers) is state, not weights: a
+    # checkpoint written for one layer spec loads into the other without it
+    def weights(keys):
+        return sorted(k for k in keys if "_extra_state" not in k)
     problems = []
-    if not_in_ckpt:
-        problems.append(f"keys the model needs but {ckpt_dir} lacks: {sorted(not_in_ckpt)}")
-    if not_loaded:
-        problems.append(f"keys in {ckpt_dir} that no rank's model has: {sorted(not_loaded)}")
+    if weights(not_in_ckpt):
+        problems.append(f"keys the model needs but {ckpt_dir} lacks: {weights(not_in_ckpt)}")
+    if weights(not_loaded):
+        problems.append(f"keys in {ckpt_dir} that no rank's model has: {weights(not_loaded)}")
     if problems:
         raise RuntimeError("checkpoint does not match the model: " + "; ".join(problems))
-    model.load_state_dict(state["model"], strict=True)
+    load_model_state(model, state["model"], ckpt_dir)
     return ckpt_dir
+
+
+def load_model_state(module, state: dict, source: str) -> None:
+    """``module.load_state_dict(state)``, strict about weights, lenient about ``_extra_state``
+    (Transformer Engine's FP8 metadata, absent from checkpoints written by the local spec or the
+    converter, and the other way round)."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    unexpected = [k for k in unexpected if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise RuntimeError(f"{source}: loaded state does not match the model: missing {sorted(missing)}, "
+                           f"unexpected {sorted(unexpected)}")

@@ -35,19 +35,11 @@ import torch
 
 from megatron_hpt.models.shape import ModelShape
 
-#: local-spec parameter name (inside a layer) -> Transformer Engine spec name
-TE_NAMES = {
-    "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
-    "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
-}
-SPECS = ("local", "te")
-
-
 def layer_param_name(name: str, spec: str = "local") -> str:
-    """The name of a per-layer parameter (local-spec spelling in, ``spec`` spelling out)."""
-    if spec not in SPECS:
-        raise ValueError(f"spec must be one of {SPECS}, got {spec!r}")
-    return TE_NAMES.get(name, name) if spec == "te" else name
+    """The name of a per-layer parameter in the ``spec`` spelling (``local``, or ``te`` /
+    ``transformer_engine``); see ``names.py``, which derives the TE names from megatron-core."""
+    from megatron_hpt.conversion.names import in_spec
+    return in_spec(name, spec)
 
 
 def dims(shape: ModelShape) -> Dict[str, int]:

@@ -55,6 +55,7 @@ class PromptSource:
             if epoch not in self._order:
                 self._order = {epoch: epoch_order(n, self.seed, epoch)}
             rec = self.records[self._order[epoch][k % n]]
-            out.append(PromptItem(render_prompt(rec.prompt, self.tokenizer), rec.demonstration,
-                                  rec.answer))
+            ids = rec.prompt_ids if rec.prompt_ids is not None else \
+                render_prompt(rec.prompt, self.tokenizer)
+            out.append(PromptItem(list(ids), rec.demonstration, rec.answer))
         return out

@@ -36,6 +36,10 @@ class Record:
     """The expert solution (SFT rows, demo rows of hybrid presets), or None."""
     source: str = ""
     """``data_source`` when the file has one (reported per source by evaluation)."""
+    row: int = -1
+    """Index of the row in its file (error messages name it)."""
+    prompt_ids: Optional[List[int]] = None
+    """The rendered prompt's token ids, once the start-up checks have tokenized it."""
 
 
 @dataclass
@@ -51,9 +55,27 @@ class RecordSet:
 
 def _rows(path: str) -> List[Any]:
     suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".parquet", ".jsonl", ".json"):
+        raise DataError(f"{path}: unknown data format {suffix!r}; use .parquet, .jsonl or .json")
+    try:
+        if os.path.getsize(path) == 0:
+            raise DataError(f"{path}: the file is empty (0 bytes); give a file with rows")
+        return _read_rows(path, suffix)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    except OSError as e:  # unreadable (permissions, a directory, I/O error)
+        raise DataError(f"{path}: cannot read the file: {e.strerror or e}") from None
+
+
+def _read_rows(path: str, suffix: str) -> List[Any]:
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: not a readable parquet file ({e}); the file is truncated "
+                            "or not parquet: rewrite it") from None
     if suffix == ".jsonl":
         rows = []
         with open(path, encoding="utf-8") as f:
@@ -74,7 +96,6 @@ def _rows(path: str) -> List[Any]:
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
         return data
-    raise DataError(f"{path}: unknown data format {suffix!r}; use .parquet, .jsonl or .json")
 
 
 def _text_or_turns(value: Any, where: str, name: str) -> Union[str, Turns]:
@@ -129,7 +150,7 @@ def parse_record(row: Any, path: str, index: int) -> Record:
     source = row.get("data_source") or ""
     return Record(prompt=_text_or_turns(row["prompt"], where, "prompt"), answer=_answer(row, where),
                   demonstration=_demonstration(row, where),
-                  source=source if isinstance(source, str) else str(source))
+                  source=source if isinstance(source, str) else str(source), row=index)
 
 
 def read_records(path: str, skip_bad_rows: bool = False, need_demonstrations: bool = False

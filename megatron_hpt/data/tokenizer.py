@@ -35,3 +35,19 @@ def load_tokenizer(path_or_builtin: str = "builtin:char", trust_remote_code: boo
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def unrepresentable_chars(tokenizer, text: str) -> str:
+    """The distinct characters of ``text`` that ``tokenizer`` can only encode as its unknown token
+    (in order of first appearance; '' when every character is representable)."""
+    unk = tokenizer.unk_token_id
+    if unk is None or not text or unk not in tokenizer.encode(text, add_special_tokens=False):
+        return ""
+    return "".join(ch for ch in dict.fromkeys(text)
+                   if unk in tokenizer.encode(ch, add_special_tokens=False))
+
+
+def describe_chars(chars: str, limit: int = 5) -> str:
+    """``'é' (U+00E9), '😀' (U+1F600)`` for an error message."""
+    shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")

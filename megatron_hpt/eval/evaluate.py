@@ -34,15 +34,33 @@ class BenchmarkResult:
 
 
 def benchmark_items(path: str, tokenizer, chat: bool, limit: Optional[int] = None,
-                    builtin_count: int = 64, train_seed: int = 1234) -> List[PromptItem]:
+                    builtin_count: int = 64, train_seed: int = 1234,
+                    strict_chars: bool = False) -> List[PromptItem]:
     """The problems of one benchmark in file order; for builtin:arithmetic the held-out problems
     of a training run with ``--seed train_seed`` (the ones its own evaluation reports).
-    String prompts are wrapped as one user turn when ``chat`` (the tokenizer's chat template)."""
+    String prompts are wrapped as one user turn when ``chat`` (the tokenizer's chat template).
+    Prompt characters the tokenizer can only encode as its unknown token are an error naming the
+    row with ``strict_chars`` (the built-in tokenizer), else counted and reported on stderr."""
     if path == BUILTIN:
         return PromptSource(BUILTIN, tokenizer, train_seed + HELD_OUT_SEED_OFFSET).items(
             0, limit or builtin_count)
-    from megatron_hpt.data.records import read_records, render_prompt
+    from megatron_hpt.data.records import DataError, read_records, render_prompt
+    from megatron_hpt.data.tokenizer import describe_chars, unrepresentable_chars
     records = read_records(path).records[:limit]
+    bad, seen = 0, ""
+    for r in records:
+        text = r.prompt if isinstance(r.prompt, str) else "\n".join(t["content"] for t in r.prompt)
+        chars = unrepresentable_chars(tokenizer, text)
+        if chars and strict_chars:
+            raise DataError(f"{path}: row {r.row}: field 'prompt' has characters the tokenizer "
+                            f"cannot represent: {describe_chars(chars)}; evaluate with --hf-model "
+                            "of a tokenizer that covers them")
+        bad += bool(chars)
+        seen += "".join(c for c in chars if c not in seen)
+    if bad:
+        import sys
+        print(f"note: {path}: {bad} of {len(records)} prompts have characters the tokenizer "
+              f"encodes as its unknown token: {describe_chars(seen)}", file=sys.stderr)
     return [PromptItem(render_prompt([{"role": "user", "content": r.prompt}]
                                      if chat and isinstance(r.prompt, str) else r.prompt, tokenizer),
                        r.demonstration, r.answer) for r in records]
@@ -66,6 +84,30 @@ def evaluate_items(engine, tokenizer, items: Sequence[PromptItem], n_samples: in
     metrics["mean response length"] = sum(lengths) / len(lengths)
     metrics["truncated"] = truncated / len(samples)
     return BenchmarkResult(name, len(items), n_samples, metrics, correct)
+
+
+def model_positions(load: Optional[str], hf_model: Optional[str]) -> Optional[int]:
+    """The model's position count, read before anything is built (``model_shape.json`` of a
+    checkpoint, else the HF config); raises FileNotFoundError/ValueError naming the file."""
+    if load:
+        from megatron_hpt.conversion.checkpoint import resolve_checkpoint_dir
+        from megatron_hpt.conversion.megatron_to_hf import read_shape_and_config
+        resolve_checkpoint_dir(load)  # a tracker naming an existing directory
+        return read_shape_and_config(load)[0].max_position_embeddings
+    from megatron_hpt.models.hf_config import load_hf_config
+    return load_hf_config(hf_model).get("max_position_embeddings")
+
+
+def check_prompt_lengths(name: str, items: Sequence[PromptItem], positions: Optional[int]) -> None:
+    """A prompt must leave the model at least one position to answer in."""
+    from megatron_hpt.data.records import DataError
+    if positions is None:
+        return
+    for i, it in enumerate(items):
+        if len(it.prompt_ids) >= positions:
+            raise DataError(f"{name}: row {i}: field 'prompt' is {len(it.prompt_ids)} tokens; the "
+                            f"model has {positions} positions, so no answer fits; shorten the "
+                            "prompt or evaluate a model with more positions")
 
 
 def load_tokenizer_for(load: Optional[str], hf_model: Optional[str]):

@@ -3,6 +3,7 @@ LossConfig field (default None = keep the preset's value). ``arguments.py`` call
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 import typing
 
@@ -18,10 +19,15 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+@functools.lru_cache(maxsize=1)
+def _config_source_lines() -> tuple:
+    import inspect
+    return tuple(inspect.getsource(LossConfig).splitlines())
+
+
 def _field_doc(name: str) -> str:
     """The docstring under a LossConfig field, read from the source."""
-    import inspect
-    lines = inspect.getsource(LossConfig).splitlines()
+    lines = _config_source_lines()
     for i, line in enumerate(lines):
         if line.strip().startswith(f"{name}:") and i + 1 < len(lines):
             doc = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from megatron_hpt.models.shape import ModelShape
 
@@ -39,6 +39,13 @@ def shape_from_hf_config(cfg: Dict[str, Any], source: str = "config.json") -> Mo
     if model_type not in _FAMILY:
         raise ValueError(f"{source}: unsupported model_type {model_type!r}; "
                          f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    missing = [k for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                           "num_attention_heads", "vocab_size")
+               if not isinstance(cfg.get(k), int) or isinstance(cfg.get(k), bool) or cfg[k] < 1]
+    if missing:
+        raise ValueError(f"{source}: field(s) {', '.join(missing)} missing or not a positive "
+                         f"integer; a {model_type} config.json has them (copy it from the model's "
+                         "original repository)")
     problems = []
     if cfg.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={cfg.get('hidden_act')!r} (only silu is supported)")
@@ -89,6 +96,17 @@ def shape_from_hf_config(cfg: Dict[str, Any], source: str = "config.json") -> Mo
         hf_model_type=model_type,
         **_FAMILY[model_type][1],
     )
+
+
+def family_mismatches(shape: ModelShape, model_type: str) -> List[str]:
+    """What keeps ``shape`` from being a model of the Hugging Face family ``model_type`` (empty
+    when it is one): the fields a family fixes, each as ``field=value (family needs X)``."""
+    if model_type not in _FAMILY:
+        return [f"model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"]
+    need = dict(position_embedding_type="rope", normalization="RMSNorm", swiglu=True,
+                add_bias_linear=False, **_FAMILY[model_type][1])
+    return [f"{k}={getattr(shape, k)!r} ({model_type} needs {v!r})"
+            for k, v in need.items() if getattr(shape, k) != v]
 
 
 def hf_config_from_shape(shape: ModelShape, base: Dict[str, Any] | None = None) -> Dict[str, Any]:

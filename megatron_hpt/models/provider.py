@@ -1,7 +1,10 @@
 """ModelShape -> megatron-core ``TransformerConfig`` + layer spec -> ``GPTModel``.
 
-The layer spec is data (``ModuleSpec``): the Transformer Engine spec when TE is importable and
-CUDA is present, megatron-core's local spec otherwise. Nothing else in the project chooses layers.
+The layer spec is data (``ModuleSpec``), chosen by ONE rule, ``resolve_transformer_impl``: what
+``--transformer-impl`` asks for (Megatron-LM's flag: ``local`` or ``transformer_engine``), else
+the Transformer Engine spec when TE is importable and CUDA is present, megatron-core's local spec
+otherwise. Nothing else in the project chooses layers. The two specs name two parameters per layer
+differently (``conversion/names.py``); export and conversion accept both.
 """
 from __future__ import annotations
 
@@ -28,6 +31,19 @@ def transformer_engine_available() -> bool:
     except Exception:
         return False
     return True
+
+
+TRANSFORMER_IMPLS = ("local", "transformer_engine")
+
+
+def resolve_transformer_impl(requested: Optional[str] = None) -> str:
+    """THE rule: ``requested`` when given (``local`` / ``transformer_engine``), else
+    ``transformer_engine`` when CUDA is present and TE imports, else ``local``."""
+    if requested is not None:
+        if requested not in TRANSFORMER_IMPLS:
+            raise ValueError(f"--transformer-impl must be one of {TRANSFORMER_IMPLS}, got {requested!r}")
+        return requested
+    return "transformer_engine" if cuda_available() and transformer_engine_available() else "local"
 
 
 def transformer_config(shape: ModelShape, **parallel_and_precision) -> TransformerConfig:
@@ -64,23 +80,22 @@ def transformer_config(shape: ModelShape, **parallel_and_precision) -> Transform
     )
 
 
-def layer_spec(shape: ModelShape, use_transformer_engine: Optional[bool] = None) -> ModuleSpec:
-    """megatron-core's TE spec on GPU machines with TE, its local spec otherwise."""
-    if use_transformer_engine is None:
-        use_transformer_engine = cuda_available() and transformer_engine_available()
-    if use_transformer_engine:
+def layer_spec(shape: ModelShape, transformer_impl: Optional[str] = None) -> ModuleSpec:
+    """megatron-core's layer spec of ``resolve_transformer_impl(transformer_impl)``."""
+    if resolve_transformer_impl(transformer_impl) == "transformer_engine":
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=shape.qk_layernorm)
     return get_gpt_layer_local_spec(qk_layernorm=shape.qk_layernorm, normalization=shape.normalization)
 
 
 def build_gpt_model(shape: ModelShape, config: TransformerConfig, pre_process: bool = True,
                     post_process: bool = True, vp_stage: Optional[int] = None,
-                    use_transformer_engine: Optional[bool] = None) -> GPTModel:
+                    transformer_impl: Optional[str] = None) -> GPTModel:
     """One pipeline stage of the model (``pre_process``: holds the embedding; ``post_process``:
-    holds the final norm and output layer). Logits come out vocab-parallel: [b, s, vocab/TP]."""
+    holds the final norm and output layer). Logits come out vocab-parallel: [b, s, vocab/TP].
+    ``transformer_impl``: ``local`` / ``transformer_engine`` / None (the rule decides)."""
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(shape, use_transformer_engine),
+        transformer_layer_spec=layer_spec(shape, transformer_impl),
         vocab_size=shape.vocab_size,
         max_sequence_length=shape.max_position_embeddings,
         pre_process=pre_process,

@@ -4,8 +4,9 @@ Each answer is graded once, by one worker, under a hard wall-clock limit (``hard
 math-verify bounds each of its three steps, parse gold / parse answer / verify, by
 ``--reward-timeout``; the limit is three of those plus 2 s of slack). A worker that passes the
 limit is killed and replaced, one that dies (a crash in native code, ``os._exit``) is replaced;
-either way that answer scores 0 and is counted (``timeouts``, ``failures``); a grader that raises
-scores 0 and counts as a failure. The pool lives as long as the trainer (workers start once, with
+either way that answer scores 0 and is counted (``timeouts``, ``failures``). A grader that
+raises a Python exception has a bug: the answer is reported in ``raised`` and the trainer stops
+naming it (training/grading.py, rl_task.py). The pool lives as long as the trainer (workers start once, with
 the grader imported) and keeps ``workers`` answers in flight. A worker is a fresh interpreter
 (``python -m megatron_hpt.rewards.pool FD GRADER TIMEOUT``, talking over a socket pair), so it
 never re-imports the trainer's main module, torch or megatron.
@@ -63,6 +64,8 @@ class GradeReport:
     """Answers whose grader raised or whose worker died."""
     errors: List[str] = field(default_factory=list)
     """The first few failure messages (for the log)."""
+    raised: List[Tuple[int, str]] = field(default_factory=list)
+    """(answer index, "Type: message") of answers whose grader raised."""
 
 
 class _Worker:
@@ -94,11 +97,14 @@ class _Worker:
 class RewardPool:
     """``grade(pairs)`` -> GradeReport; ``close()`` stops the workers."""
 
-    def __init__(self, grader: str, timeout_s: int = 5, workers: int = 0, hard_limit_s=None):
+    def __init__(self, grader: str, timeout_s: int = 5, workers: int = 0, hard_limit_s=None,
+                 inline_fn=None):
+        """``inline_fn``: the grading function to use when ``workers`` is 0 (default: the
+        grader resolved by name)."""
         self.grader, self.timeout_s, self.num_workers = grader, timeout_s, workers
         self.hard_limit_s = 3 * timeout_s + 2.0 if hard_limit_s is None else hard_limit_s
         self._workers: List[_Worker] = []
-        self._inline = resolve_grader(grader, timeout_s) if workers == 0 else None
+        self._inline = (inline_fn or resolve_grader(grader, timeout_s)) if workers == 0 else None
 
     def grade(self, pairs: Sequence[Tuple[str, str]]) -> GradeReport:
         report = GradeReport(scores=[0.0] * len(pairs))
@@ -106,8 +112,8 @@ class RewardPool:
             for i, (response, answer) in enumerate(pairs):
                 try:
                     report.scores[i] = float(self._inline(response, answer))
-                except Exception as e:
-                    self._fail(report, f"{type(e).__name__}: {e}")
+                except Exception as e:  # noqa: BLE001 - reported with its answer, run stops
+                    report.raised.append((i, f"{type(e).__name__}: {e}"))
             return report
         while len(self._workers) < self.num_workers:
             self._workers.append(_Worker(self.grader, self.timeout_s))
@@ -132,7 +138,7 @@ class RewardPool:
                         continue
                     report.scores[i] = score
                     if err:
-                        self._fail(report, err)
+                        report.raised.append((i, err))
                     w.task = None
                 elif time.monotonic() >= w.task[1]:
                     report.timeouts += 1

@@ -23,12 +23,13 @@ them (as ``load_weights`` does) before the next optimizer step.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
-from megatron_hpt.conversion.mapping import Mapping, layer_param_name, tp_merge
+from megatron_hpt.conversion.mapping import Mapping, tp_merge
+from megatron_hpt.conversion.names import layer_mappings
 from megatron_hpt.conversion.registry import mapping_for
 from megatron_hpt.models.shape import ModelShape
 
@@ -41,11 +42,11 @@ def _unwrap(model):
     return model
 
 
-def _local_entries(chunk, shape: ModelShape, spec: str) -> List[Tuple[int, Mapping, torch.Tensor]]:
+def _local_entries(chunk, shape: ModelShape, spec: Optional[str]) -> List[Tuple[int, Mapping, torch.Tensor]]:
     """(global layer or None, mapping, local TP shard) for the parameters of one model chunk."""
     arch = mapping_for(shape.hf_model_type or "llama")
     model_level = arch.model_entries(shape)
-    by_spec_name = {layer_param_name(n, spec): m for n, m in arch.layer.items()}
+    by_spec_name = layer_mappings(arch, spec)  # local and/or Transformer Engine spellings
     chunk = _unwrap(chunk)
     out = []
     for name, param in chunk.named_parameters():
@@ -54,7 +55,8 @@ def _local_entries(chunk, shape: ModelShape, spec: str) -> List[Tuple[int, Mappi
         elif name.startswith("decoder.layers."):
             local, rest = name[len("decoder.layers."):].split(".", 1)
             if rest not in by_spec_name:
-                raise KeyError(f"parameter {name!r} has no entry in the {arch.model_type} table ({spec} spec)")
+                raise KeyError(f"parameter {name!r} has no entry in the {arch.model_type} table "
+                               f"({spec or 'local or te'} spec)")
             layer = chunk.decoder.layers[int(local)].layer_number - 1  # global, PP/VPP offsets included
             out.append((layer, by_spec_name[rest], param.detach()))
         elif name == "output_layer.weight":
@@ -89,12 +91,13 @@ def _parallel_groups():
 
 
 def export_hf_weights(model_chunks: Sequence[torch.nn.Module] | torch.nn.Module, shape: ModelShape,
-                      bucket_mb: float = 512, spec: str = "local") -> Iterator[Bucket]:
+                      bucket_mb: float = 512, spec: Optional[str] = None) -> Iterator[Bucket]:
     """Yield buckets of ``(hf_name, full tensor)``; see the module docstring for what moves.
 
     ``model_chunks``: this rank's model chunks (one per virtual pipeline stage, possibly wrapped in
     megatron DDP); ``shape``: the model's ``ModelShape`` (``hf_model_type`` picks the table);
-    ``spec``: ``local`` or ``te`` parameter names.
+    ``spec``: ``local`` or ``te`` parameter names only; None (default) takes either spelling, so
+    the same call serves a model built with the local or the Transformer Engine spec.
     """
     if isinstance(model_chunks, torch.nn.Module):
         model_chunks = [model_chunks]

@@ -27,24 +27,32 @@ def is_grading_rank() -> bool:
 
 def grade_replica(pool: Callable[[], RewardPool], pairs: Callable[[], List[Tuple[str, str]]],
                   n: int) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """[n] rewards of this replica's answers and the step's counts summed over DP replicas
-    (`reward timeouts`, `reward failures`). ``pool`` and ``pairs`` are only called on the
-    grading rank (the pool's workers start there, the responses are decoded there)."""
-    out = torch.zeros(n + 2, dtype=torch.float64, device=_device())
+    """[n] rewards of this replica's answers, the step's counts summed over DP replicas
+    (`reward timeouts`, `reward failures`) and ``raised``: None, or (answer index, message) of
+    the first answer whose grader raised (the message on the grading rank only; every rank of
+    the replica gets the index, so all can stop together). ``pool`` and ``pairs`` are only
+    called on the grading rank (the pool's workers start there, the responses are decoded
+    there)."""
+    out = torch.zeros(n + 3, dtype=torch.float64, device=_device())
+    message = None
     if is_grading_rank():
         report = pool().grade(pairs())
         if report.errors:
             print(f" rewards: {report.failures} failed, {report.timeouts} timed out; first: "
                   f"{report.errors[0]}", flush=True)
-        out.copy_(torch.tensor(report.scores + [report.timeouts, report.failures],
+        first = report.raised[0] if report.raised else (-1, None)
+        message = first[1]
+        out.copy_(torch.tensor(report.scores + [report.timeouts, report.failures, first[0] + 1],
                                dtype=torch.float64))
     for group in (parallel_state.get_context_parallel_group(),
                   parallel_state.get_model_parallel_group()):
         if dist.get_world_size(group) > 1:
             dist.broadcast(out, src=dist.get_global_rank(group, 0), group=group)
-    counts = out[n:].clone()
+    raised = int(out[n + 2]) - 1
+    counts = out[n:n + 2].clone()
     dp = parallel_state.get_data_parallel_group()
     if dist.get_world_size(dp) > 1:
         dist.all_reduce(counts, group=dp)
-    return out[:n].float().cpu(), {"reward timeouts": float(counts[0]),
-                                   "reward failures": float(counts[1])}
+    return (out[:n].float().cpu(), {"reward timeouts": float(counts[0]),
+                                    "reward failures": float(counts[1])},
+            None if raised < 0 else (raised, message))

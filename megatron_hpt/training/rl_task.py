@@ -197,10 +197,15 @@ class RlTask:
             eos_token_ids=(tok.eos_token_id,),
             seed=self.engine.data_parallel_seed(cfg.seed, index))
         samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
-        rewards, counts = grade_replica(
+        rewards, counts, raised = grade_replica(
             self._reward_pool, lambda: [(tok.decode(s.response_token_ids, skip_special_tokens=True),
                                          problems[s.prompt_index].answer) for s in samples],
             len(samples))
+        if raised is not None:  # a grader bug stops the run naming the answer
+            j = samples[raised[0]].prompt_index
+            raise RuntimeError(f"the reward grader failed on rollout batch {index}, prompt {j} "
+                               f"of this rank (answer {problems[j].answer!r}): "
+                               f"{raised[1] or 'see the grading rank of this replica'}")
         for k, v in counts.items():
             self.reward_stats[k] = self.reward_stats.get(k, 0.0) + v
         return problems, samples, rewards
@@ -209,7 +214,8 @@ class RlTask:
         """The grader pool, started on first use (only grading ranks use it)."""
         if self._pool is None:
             self._pool = RewardPool(self.cfg.reward_type or self.source.default_reward,
-                                    self.cfg.reward_timeout, self.cfg.reward_workers)
+                                    self.cfg.reward_timeout, self.cfg.reward_workers,
+                                    inline_fn=self.reward)
         return self._pool
 
     def _reference_logprobs(self, micro_batches) -> None:
@@ -264,6 +270,23 @@ class RlTask:
                       "response length": float(local[2]), "truncated": float(local[3])}
         self.stats.update(self.stats_extra)
         self.stats.update(self.reward_stats)
+
+    # ------------------------------------------------------------------ resume (resume.py)
+    def state_dict(self) -> Dict[str, object]:
+        """The rows of the rollout batch being trained (its later mini-batches are trained after
+        a resume, not re-sampled by the moved policy). Per-step keys (normalizers, μ) are left
+        out: they are recomputed."""
+        if self._rollout_index is None or self.updates == 1:
+            return {}
+        return {"rollout_index": self._rollout_index, "stats": dict(self.stats),
+                "mini_batches": [[{k: v for k, v in mb.items() if isinstance(v, torch.Tensor)}
+                                  for mb in mini] for mini in self._mini_batches]}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        if state.get("mini_batches"):
+            self._rollout_index = int(state["rollout_index"])
+            self._mini_batches = [[dict(mb) for mb in mini] for mini in state["mini_batches"]]
+            self.stats = dict(state.get("stats", {}))
 
     # ------------------------------------------------------------------ the loop's hooks
     def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:

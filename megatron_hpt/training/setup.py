@@ -26,7 +26,8 @@ def build_model(cfg: TrainingConfig) -> List[DistributedDataParallel]:
     tconfig = transformer_config(cfg.shape, **model_parallel_kwargs(cfg))
     model = build_gpt_model(cfg.shape, tconfig,
                             pre_process=parallel_state.is_pipeline_first_stage(),
-                            post_process=parallel_state.is_pipeline_last_stage())
+                            post_process=parallel_state.is_pipeline_last_stage(),
+                            transformer_impl=cfg.transformer_impl)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
@@ -47,7 +48,8 @@ def build_reference_model(cfg: TrainingConfig, policy: List[DistributedDataParal
     tconfig = transformer_config(cfg.shape, **model_parallel_kwargs(cfg))
     ref = build_gpt_model(cfg.shape, tconfig,
                           pre_process=parallel_state.is_pipeline_first_stage(),
-                          post_process=parallel_state.is_pipeline_last_stage())
+                          post_process=parallel_state.is_pipeline_last_stage(),
+                          transformer_impl=cfg.transformer_impl)
     ref.load_state_dict(unwrap(policy[0]).state_dict(), strict=True)
     ref.requires_grad_(False)
     return [ref.eval()]

@@ -19,6 +19,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_hpt.training.packing import packed_seq_params, schedule_shape, to_rows
+from megatron_hpt.training.nonfinite import guarded_optimizer_step
 
 #: (logits [b, s, V/TP], micro_batch) -> (loss scalar, local token count, {name: tensor})
 LossFn = Callable[[torch.Tensor, Dict[str, torch.Tensor]], Tuple[torch.Tensor, torch.Tensor, Dict]]
@@ -147,14 +148,17 @@ def forward_logprobs(model, micro_batches: List[Dict[str, torch.Tensor]], seq_le
 def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_length: int
                ) -> Dict[str, float]:
     """One optimizer step: zero grads, forward/backward all micro-batches, clip, update, LR step.
-    Returns metrics plus ``grad_norm``, ``lr`` and ``skipped`` (1 if the update was skipped)."""
+    Returns metrics plus ``grad_norm``, ``lr`` and ``skipped`` (1 if the update was skipped: the
+    loss or the gradient norm was not finite, see ``nonfinite.py``)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     metrics = forward_backward(model, micro_batches, loss_fn, seq_length,
                                additive=getattr(loss_fn, "additive_metrics", ("lm loss",)))
-    update_successful, grad_norm, _ = optimizer.step()
-    scheduler.step(increment=1)
+    # skipped (no update, no schedule step) when the loss or grad norm is not finite on any rank
+    update_successful, grad_norm = guarded_optimizer_step(optimizer, metrics.get("lm loss"))
+    if update_successful:
+        scheduler.step(increment=1)
     metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                    lr=optimizer.param_groups[0]["lr"], skipped=0.0 if update_successful else 1.0)
     metrics["micro batches"] = float(len(micro_batches))  # this rank's (token budget: varies)

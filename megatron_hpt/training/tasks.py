@@ -38,6 +38,8 @@ def greedy_accuracy(engine, cfg: TrainingConfig, tokenizer, num_problems: int = 
     from megatron_hpt.rollout import SamplingParams
     path = cfg.eval_data_path or BUILTIN
     source = prompt_source(cfg, tokenizer, path, cfg.seed + HELD_OUT_SEED_OFFSET)
+    from megatron_hpt.training.preflight import check_prompts
+    check_prompts(source, tokenizer, cfg.seq_length, path, cfg.data_skip_bad_rows)
     if not source.builtin:
         num_problems = len(source.records)
     items = source.items(0, num_problems)
@@ -113,9 +115,12 @@ def read_training_prompts(cfg: TrainingConfig, tokenizer) -> PromptSource:
     naming file, row and field for a bad row)."""
     from megatron_hpt.rollout.config import uses_demonstrations
     need = cfg.loss_preset == "sft" or uses_demonstrations(cfg)
+    from megatron_hpt.training.preflight import check_prompts
     source = prompt_source(cfg, tokenizer, cfg.data_path, cfg.seed, need_demonstrations=need)
-    if cfg.eval_data_path:
-        prompt_source(cfg, tokenizer, cfg.eval_data_path, cfg.seed)
+    check_prompts(source, tokenizer, cfg.seq_length, cfg.data_path, cfg.data_skip_bad_rows, need)
+    path = cfg.eval_data_path or BUILTIN  # held-out prompts of --eval-interval and the final eval
+    check_prompts(prompt_source(cfg, tokenizer, path, cfg.seed), tokenizer, cfg.seq_length, path,
+                  cfg.data_skip_bad_rows)
     if source.skipped:
         print(f" data: {cfg.data_path}: {len(source.records)} rows, {source.skipped} bad rows "
               "skipped (--data-skip-bad-rows)", flush=True)

@@ -63,7 +63,7 @@ def hf_dir(tmp_path_factory):
     torch.manual_seed(0)
     tok = build_char_tokenizer()
     cfg = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
                       tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       torch_dtype="float32", initializer_range=0.2)
