@@ -16,6 +16,7 @@ import torch
 from megatron_hpt.models.hf_config import load_hf_config, shape_from_hf_config
 from megatron_hpt.models.shape import ModelShape
 from megatron_hpt.platform import cuda_available
+from megatron_hpt.rewards import REWARDS
 from megatron_hpt.rollout.config import (RolloutConfig, add_rollout_arguments, rl_config_errors,
                                          rollout_config_from_args, rows_per_rollout)
 
@@ -123,8 +124,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip (and count) unusable rows instead of stopping at the first one")
     g.add_argument("--eval-data-path", default=None,
                    help="held-out prompts for --eval-interval (default: held-out builtin problems)")
-    g.add_argument("--reward-type", default=None, choices=("arithmetic", "math"),
+    g.add_argument("--reward-type", default=None, choices=tuple(REWARDS),
                    help="default: arithmetic for builtin:arithmetic, math (math-verify) for files")
+    g.add_argument("--reward-fn", default=None, metavar="MODULE:FUNCTION",
+                   help="your own grader (response, answer) -> float instead of --reward-type, "
+                        "bounded by --reward-timeout per answer")
     g.add_argument("--reward-timeout", type=int, default=5,
                    help="seconds math-verify may spend parsing / comparing one answer")
     g.add_argument("--reward-workers", type=int, default=0,
@@ -228,7 +232,8 @@ class TrainingConfig:
     eval_data_path: Optional[str] = None
     """Held-out prompts for evaluation (None: held-out builtin problems)."""
     reward_type: Optional[str] = None
-    """arithmetic | math (None: by data source)."""
+    """A name of ``rewards.REWARDS`` (arithmetic | math), or ``module:function`` from
+    --reward-fn (None: by data source)."""
     reward_timeout: int = 5
     """Seconds math-verify may spend per answer."""
     reward_workers: int = 0
@@ -282,12 +287,6 @@ class TrainingConfig:
     every other preset runs the RL task with rollouts)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Rollouts and the HPT gate (used by every preset but sft)."""
-    extra: dict = field(default_factory=dict)
-    """Free-form settings of capabilities that have no typed config yet."""
-
-    @property
-    def num_microbatches(self) -> int:
-        return self.global_batch_size // (self.micro_batch_size * self.parallel.data_parallel_size)
 
 
 # ============================ validation ============================
@@ -317,6 +316,9 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
     if s.num_layers % pp:
         errors.append(f"--num-layers {s.num_layers} is not divisible by "
                       f"--pipeline-model-parallel-size {pp}; choose a PP size that divides it")
+    if cp > 1 and cfg.seq_length % (2 * cp):
+        errors.append(f"--seq-length {cfg.seq_length} is not a multiple of 2 x "
+                      f"--context-parallel-size = {2 * cp} (load-balanced CP split)")
     needs_te = [name for name, on in (("--context-parallel-size > 1", cp > 1),
                                       ("--sequence-parallel", par.sequence_parallel),
                                       ("--fp8-format", cfg.fp8_format is not None),
@@ -457,6 +459,7 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         eval_interval=args.eval_interval, loss=loss_cfg, loss_preset=args.loss_preset,
         rollout=rollout_config_from_args(args),
     )
+    cfg.reward_type = _reward_type(args)
     if args.loss_preset != "sft" and args.global_batch_size is None:
         # the RL task's rows: n rollouts (+ one demonstration) per prompt
         cfg.global_batch_size = rows_per_rollout(cfg)
@@ -481,3 +484,18 @@ def model_parallel_kwargs(cfg: TrainingConfig) -> dict:
     if cfg.fp8_format is not None:  # megatron-core's documented switches; TE does the work
         kw.update(fp8=cfg.fp8_format, fp8_recipe=cfg.fp8_recipe)
     return kw
+
+
+def _reward_type(args: argparse.Namespace) -> Optional[str]:
+    """--reward-type, or --reward-fn's module:function (imported now, so a typo stops the run
+    before anything is allocated)."""
+    if getattr(args, "reward_fn", None) is None:
+        return args.reward_type
+    if args.reward_type is not None:
+        raise ConfigError("give --reward-type or --reward-fn, not both")
+    from megatron_hpt.rewards.user import resolve
+    try:
+        resolve(args.reward_fn)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return args.reward_fn

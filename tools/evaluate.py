@@ -13,13 +13,15 @@ import sys
 
 
 def main(argv=None) -> int:
+    from megatron_hpt.rewards import REWARDS
+    from megatron_hpt.rollout.engines import DEFAULT_ENGINE, ENGINES
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", default=None, help="Megatron checkpoint dir (training or converter output)")
     p.add_argument("--hf-model", default=None, help="Hugging Face model dir (weights unless --load; "
                                                      "tokenizer and chat template)")
     p.add_argument("--benchmark", action="append", required=True,
                    help="builtin:arithmetic, or a .json / .jsonl / .parquet file; repeatable")
-    p.add_argument("--engine", default="embedded", choices=("embedded", "vllm"))
+    p.add_argument("--engine", default=DEFAULT_ENGINE, choices=tuple(ENGINES))
     p.add_argument("--n-samples", type=int, default=1, help="samples per problem (k of avg@k)")
     p.add_argument("--pass-k", default="1", help="comma-separated k for pass@k (k <= n-samples)")
     p.add_argument("--temperature", type=float, default=0.6)
@@ -29,8 +31,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--train-seed", type=int, default=1234,
                    help="--seed of the training run: builtin:arithmetic then uses its held-out problems")
-    p.add_argument("--reward-type", default=None, choices=("arithmetic", "math"),
+    p.add_argument("--reward-type", default=None, choices=tuple(REWARDS),
                    help="default: arithmetic for builtin:arithmetic, math (math-verify) for files")
+    p.add_argument("--reward-fn", default=None, metavar="MODULE:FUNCTION",
+                   help="your own grader (response, answer) -> float instead of --reward-type")
+    p.add_argument("--reward-timeout", type=int, default=5,
+                   help="seconds a grader may spend on one answer (a longer one scores 0)")
     p.add_argument("--prompt-format", default="auto", choices=("auto", "chat", "raw"),
                    help="auto: the tokenizer's chat template when it has one")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
@@ -38,13 +44,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not a.load and not a.hf_model:
         p.error("give --load CKPT and/or --hf-model DIR")
-    if a.engine == "vllm" and not a.hf_model and not a.load:
-        p.error("--engine vllm needs --hf-model or --load")
+    if a.reward_fn and a.reward_type:
+        p.error("give --reward-type or --reward-fn, not both")
 
     from megatron_hpt.data.records import DataError
     from megatron_hpt.eval import evaluate as ev
     from megatron_hpt.rewards import reward_fn
     from megatron_hpt.rollout import SamplingParams, build_engine
+    from megatron_hpt.rollout.engines import engine_for_policy
     from megatron_hpt.training import distributed
 
     try:  # every input checked before any process group or model: one line, exit code 2
@@ -69,22 +76,28 @@ def main(argv=None) -> int:
     world = distributed.world_from_env()
     distributed.initialize(world.world_size, 1, seed=a.seed)
     try:
-        if a.engine == "vllm" and a.hf_model and not a.load:
-            engine = build_engine("vllm", hf_dir=a.hf_model, tensor_parallel_size=world.world_size,
+        own_weights = not ENGINES[a.engine].engine.shares_training_weights
+        if own_weights and a.hf_model and not a.load:  # the engine reads the HF weights itself
+            engine = build_engine(a.engine, hf_dir=a.hf_model, tensor_parallel_size=world.world_size,
                                   seed=a.seed, max_model_len=longest + a.max_new_tokens)
         else:
             model, shape = ev.build_megatron_policy(a.load, a.hf_model, world.world_size)
-            if a.engine == "embedded":
-                engine = build_engine("embedded", model=model, pad_token_id=tokenizer.pad_token_id or 0)
-            else:
-                engine = _vllm_from_megatron(model, shape, tokenizer, world.world_size, a, longest)
+            engine = engine_for_policy(
+                a.engine, [model], shape, tokenizer, tensor_parallel_size=world.world_size,
+                seed=a.seed, max_model_len=longest + a.max_new_tokens,
+                params_dtype=next(model.parameters()).dtype, hf_dir=a.hf_model)
+            if own_weights:  # fed the checkpoint's weights through the trainer's stream
+                from megatron_hpt.rollout.weights import export_hf_weights
+                engine.update_weights(export_hf_weights([model], shape, 512))
         sampling = SamplingParams(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
                                   max_new_tokens=a.max_new_tokens, seed=a.seed,
                                   eos_token_ids=(tokenizer.eos_token_id,))
         ks = [int(k) for k in a.pass_k.split(",") if k.strip()] + [a.n_samples]
         results = []
         for name, items in benchmarks.items():
-            grade = reward_fn(a.reward_type or ("arithmetic" if name == "builtin:arithmetic" else "math"))
+            grade = reward_fn(a.reward_fn or a.reward_type or
+                              ("arithmetic" if name == "builtin:arithmetic" else "math"),
+                              a.reward_timeout)
             label = os.path.basename(name)
             results.append(ev.evaluate_items(engine, tokenizer, items, a.n_samples, sampling,
                                              grade, ks, label))
@@ -95,21 +108,6 @@ def main(argv=None) -> int:
     finally:
         distributed.destroy()
     return 0
-
-
-def _vllm_from_megatron(model, shape, tokenizer, tp, a, longest):
-    """vLLM started from the HF config with dummy weights, then fed the checkpoint's weights."""
-    import torch
-    from megatron_hpt.rollout import build_engine
-    from megatron_hpt.rollout.trainer_engine import shape_config_dir, vllm_dtype
-    from megatron_hpt.rollout.weights import export_hf_weights
-    dtype = next(model.parameters()).dtype
-    engine = build_engine("vllm", hf_dir=a.hf_model or shape_config_dir(shape, tokenizer, dtype),
-                          tensor_parallel_size=tp, seed=a.seed,
-                          max_model_len=longest + a.max_new_tokens, load_format="dummy",
-                          dtype=vllm_dtype(dtype), enforce_eager=not torch.cuda.is_available())
-    engine.update_weights(export_hf_weights([model], shape, 512))
-    return engine
 
 
 if __name__ == "__main__":

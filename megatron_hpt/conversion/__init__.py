@@ -4,13 +4,29 @@
 - ``convert_hf_to_megatron`` / ``convert_megatron_to_hf``: the two directions (tools/ wrap them).
 - ``load_megatron_weights(load_dir, model)``: load a converted (or trained) checkpoint into a live
   model chunk at any TP/PP layout.
-"""
-from megatron_hpt.conversion.checkpoint import load_megatron_weights, resolve_checkpoint_dir
-from megatron_hpt.conversion.hf_to_megatron import check_parallel_sizes, convert_hf_to_megatron
-from megatron_hpt.conversion.mapping import ArchMapping, Direct, GatedMLP, QKV, layer_param_name, tp_merge, tp_shard
-from megatron_hpt.conversion.megatron_to_hf import convert_megatron_to_hf
-from megatron_hpt.conversion.registry import MAPPINGS, mapping_for
 
-__all__ = ["ArchMapping", "Direct", "GatedMLP", "MAPPINGS", "QKV", "check_parallel_sizes",
-           "convert_hf_to_megatron", "convert_megatron_to_hf", "layer_param_name", "load_megatron_weights",
-           "mapping_for", "resolve_checkpoint_dir", "tp_merge", "tp_shard"]
+The names below are imported on first use, so that importing one module of the package (the
+family registry, read by ``models/hf_config.py``) does not import the converters.
+"""
+import importlib
+
+_EXPORTS = {
+    "load_megatron_weights": "checkpoint", "resolve_checkpoint_dir": "checkpoint",
+    "check_parallel_sizes": "hf_to_megatron", "convert_hf_to_megatron": "hf_to_megatron",
+    "ArchMapping": "mapping", "Direct": "mapping", "GatedMLP": "mapping", "QKV": "mapping",
+    "layer_param_name": "mapping", "tp_merge": "mapping", "tp_shard": "mapping",
+    "convert_megatron_to_hf": "megatron_to_hf",
+    "MAPPINGS": "registry", "mapping_for": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -37,9 +37,10 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from torch.distributed.checkpoint.planner import LoadPlan, SavePlan, TensorWriteData, WriteItem, WriteItemType
 
 from megatron_hpt.conversion.mapping import ArchMapping, Mapping, layer_param_name
+from megatron_hpt.models.checkpoint_dir import (  # noqa: F401 (re-exports)
+    TRACKER, resolve_checkpoint_dir)
 from megatron_hpt.models.shape import ModelShape
-
-TRACKER = "latest_checkpointed_iteration.txt"
+from megatron_hpt.models.unwrap import unwrap_model
 #: linear modules of a layer whose ``_extra_state`` megatron-core saves (None for the local spec)
 EXTRA_STATE_MODULES = ("self_attention.linear_proj", "self_attention.linear_qkv",
                        "mlp.linear_fc1", "mlp.linear_fc2")
@@ -81,24 +82,6 @@ def extra_state_keys(num_layers: int) -> List[str]:
     """DCP keys of the per-layer ``_extra_state`` objects (megatron's ShardedObject unique keys)."""
     return [f"decoder.layers.{m}._extra_state/shard_{layer}_{num_layers}"
             for layer in range(num_layers) for m in EXTRA_STATE_MODULES]
-
-
-def resolve_checkpoint_dir(load_dir: str) -> str:
-    """``load_dir/release`` or ``load_dir/iter_%07d`` as named by the tracker file."""
-    tracker = os.path.join(load_dir, TRACKER)
-    if not os.path.isfile(tracker):
-        raise FileNotFoundError(f"{tracker}: no tracker file; is {load_dir!r} a Megatron save dir?")
-    text = open(tracker).read().strip()
-    if text == "release":
-        sub = "release"
-    elif text.isdigit():
-        sub = f"iter_{int(text):07d}"
-    else:
-        raise ValueError(f"{tracker}: expected an iteration number or 'release', got {text!r}")
-    path = os.path.join(load_dir, sub)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: named by {tracker} but missing")
-    return path
 
 
 def _raise_original(e: "CheckpointException"):
@@ -253,8 +236,7 @@ def load_megatron_weights(load_dir: str, model) -> str:
         if len(model) != 1:
             raise ValueError(f"load_megatron_weights takes one model chunk, got {len(model)}")
         model = model[0]
-    while hasattr(model, "module"):  # megatron DDP / Float16Module wrappers share the parameters
-        model = model.module
+    model = unwrap_model(model)  # megatron DDP / Float16Module wrappers share the parameters
     ckpt_dir = resolve_checkpoint_dir(load_dir)
     # megatron returns (state, "missing": in the checkpoint but loaded by no rank,
     #                   "unexpected": requested by this rank but absent from the checkpoint)

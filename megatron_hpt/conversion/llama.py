@@ -9,6 +9,8 @@ L = "model.layers.*."
 
 LLAMA = ArchMapping(
     model_type="llama",
+    architecture="LlamaForCausalLM",
+    shape_fields=dict(add_qkv_bias=False, qk_layernorm=False),
     model={
         "embedding.word_embeddings.weight": Direct("model.embed_tokens.weight", ("vocab", "hidden"), tp="vocab"),
         "decoder.final_layernorm.weight": Direct("model.norm.weight", ("hidden",)),

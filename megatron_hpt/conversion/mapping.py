@@ -29,11 +29,13 @@ maps its names to them in ``sharded_state_dict``), with all layers stacked along
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from megatron_hpt.models.shape import ModelShape
+if TYPE_CHECKING:  # annotations only: the family tables import nothing above them
+    from megatron_hpt.models.shape import ModelShape
+
 
 def layer_param_name(name: str, spec: str = "local") -> str:
     """The name of a per-layer parameter in the ``spec`` spelling (``local``, or ``te`` /
@@ -164,17 +166,25 @@ def tp_merge(shards: Sequence[torch.Tensor], mapping: Mapping) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ArchMapping:
-    """One family's table: model-level parameters and per-layer parameters (local-spec names)."""
+    """One family: its table (model-level and per-layer parameters, local-spec names) and the
+    facts of its Hugging Face config (read by ``models/hf_config.py``)."""
     model_type: str
+    """Hugging Face ``model_type``."""
     model: Dict[str, Mapping]
     """Full megatron names (``embedding.word_embeddings.weight``, ``decoder.final_layernorm.weight``,
     ``output_layer.weight``) -> mapping."""
     layer: Dict[str, Mapping]
     """Names inside ``decoder.layers.N.`` -> mapping (``*`` in HF names is N)."""
+    architecture: str = ""
+    """Hugging Face ``architectures[0]`` (``LlamaForCausalLM``)."""
+    shape_fields: Dict[str, bool] = field(default_factory=dict)
+    """The ``ModelShape`` fields the family fixes (``add_qkv_bias``, ``qk_layernorm``)."""
 
-    def extend(self, model_type: str, layer: Dict[str, Mapping]) -> "ArchMapping":
+    def extend(self, model_type: str, layer: Dict[str, Mapping], architecture: str,
+               **shape_fields: bool) -> "ArchMapping":
         """A family that adds per-layer parameters to this one (Qwen2 = Llama + QKV bias)."""
-        return ArchMapping(model_type, dict(self.model), {**self.layer, **layer})
+        return ArchMapping(model_type, dict(self.model), {**self.layer, **layer}, architecture,
+                           {**self.shape_fields, **shape_fields})
 
     def model_entries(self, shape: ModelShape) -> Dict[str, Mapping]:
         """Model-level parameters this shape has (no ``output_layer.weight`` when tied)."""

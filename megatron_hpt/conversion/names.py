@@ -22,12 +22,13 @@ every mapping here skips names ending in ``_extra_state``.
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 
-from megatron_hpt.conversion.mapping import ArchMapping, Mapping
-from megatron_hpt.models.shape import ModelShape
+if TYPE_CHECKING:  # annotations only: mapping.layer_param_name imports this module
+    from megatron_hpt.conversion.mapping import ArchMapping, Mapping
+    from megatron_hpt.models.shape import ModelShape
 
 #: the spellings: megatron-core's local spec and its Transformer Engine spec ("te" is the short name)
 SPELLINGS = {"local": "local", "te": "te", "transformer_engine": "te"}

@@ -6,7 +6,7 @@ checkpoint holds no ``output_layer.weight`` and no ``lm_head.weight`` is written
 from megatron_hpt.conversion.llama import LLAMA, L
 from megatron_hpt.conversion.mapping import QKV
 
-QWEN2 = LLAMA.extend("qwen2", layer={
+QWEN2 = LLAMA.extend("qwen2", architecture="Qwen2ForCausalLM", add_qkv_bias=True, layer={
     "self_attention.linear_qkv.bias": QKV(L + "self_attn.q_proj.bias", L + "self_attn.k_proj.bias",
                                           L + "self_attn.v_proj.bias", bias=True),
 })

@@ -1,4 +1,8 @@
-"""``model_type`` -> the family's mapping table."""
+"""The model-family registry: ``model_type`` -> the family (``ArchMapping``: the conversion table
+and the facts of its Hugging Face config). ``models/hf_config.py`` reads the same table.
+
+Adding a family: one module here (``llama.py``, ``qwen2.py``, ...) defining its ``ArchMapping``,
+plus its entry in ``MAPPINGS``."""
 from __future__ import annotations
 
 from megatron_hpt.conversion.llama import LLAMA

@@ -1,19 +1,21 @@
 """Tokenise (prompt, demonstration) pairs into fixed-length SFT rows.
 
 A row is ``<bos> prompt solution <eos> <pad>...`` of length ``seq_length + 1``; the model reads
-``tokens = row[:-1]`` and predicts ``labels = row[1:]``; ``loss_mask`` is 1 on the labels that are
+``tokens = row[:-1]`` and predicts ``labels = row[1:]``; ``response_mask`` is 1 on the labels that are
 solution or <eos> tokens. Over-long rows are an error naming the row (never silently truncated).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Union
+from typing import List, Sequence, Union
 
 import torch
 
+from megatron_hpt.loss.batch import Batch
+
 
 def sft_rows(tokenizer, prompts: Sequence[Union[str, List[int]]], solutions: Sequence[str],
-             seq_length: int, source: str = "<batch>") -> Dict[str, torch.Tensor]:
-    """Returns tokens/labels/loss_mask/position_ids, each [N, seq_length]. A prompt is text
+             seq_length: int, source: str = "<batch>") -> Batch:
+    """A CPU ``Batch`` of tokens/labels/response_mask/position_ids, each [N, seq_length]. A prompt is text
     (BOS + its tokens) or already token ids (e.g. rendered with a chat template)."""
     n = len(prompts)
     rows = torch.full((n, seq_length + 1), tokenizer.pad_token_id, dtype=torch.long)
@@ -28,6 +30,6 @@ def sft_rows(tokenizer, prompts: Sequence[Union[str, List[int]]], solutions: Seq
                              f"--seq-length + 1 = {seq_length + 1}; raise --seq-length")
         rows[i, :len(ids)] = torch.tensor(ids)
         mask[i, len(p_ids):len(ids)] = 1.0
-    return dict(tokens=rows[:, :-1].contiguous(), labels=rows[:, 1:].contiguous(),
-                loss_mask=mask[:, 1:].contiguous(),
-                position_ids=torch.arange(seq_length).expand(n, seq_length).contiguous())
+    return Batch(tokens=rows[:, :-1].contiguous(), labels=rows[:, 1:].contiguous(),
+                 response_mask=mask[:, 1:].contiguous(),
+                 position_ids=torch.arange(seq_length).expand(n, seq_length).contiguous())

@@ -123,7 +123,7 @@ def build_megatron_policy(load: Optional[str], hf_model: Optional[str], tp: int)
     """This rank's TP shard of the policy (fp32 on CPU, bf16 on GPU), weights from ``load`` or
     converted from ``hf_model`` into a temporary checkpoint. Returns (model, shape)."""
     from megatron_hpt.conversion.megatron_to_hf import read_shape_and_config
-    from megatron_hpt.models import build_gpt_model, transformer_config
+    from megatron_hpt.models.stage import build_model_stage
     from megatron_hpt.training.checkpoint import load_checkpoint
     tmp = None
     if load is None:
@@ -135,9 +135,9 @@ def build_megatron_policy(load: Optional[str], hf_model: Optional[str], tp: int)
         torch.distributed.barrier()
     shape, _ = read_shape_and_config(load)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = build_gpt_model(shape, transformer_config(
+    model, _ = build_model_stage(
         shape, tensor_model_parallel_size=tp, params_dtype=dtype, bf16=dtype == torch.bfloat16,
-        use_cpu_initialization=not torch.cuda.is_available()))
+        use_cpu_initialization=not torch.cuda.is_available())
     if torch.cuda.is_available():
         model = model.cuda()
     load_checkpoint(load, [model], finetune=True)

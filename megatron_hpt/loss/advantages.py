@@ -7,6 +7,10 @@ import torch.distributed as dist
 from .kl import kl_penalty
 
 WHITEN_EPS = 1e-8  # REINFORCE++ whitening ε (verl masked_whiten)
+#: The estimator registry: the names compute_advantages accepts (LossConfig.advantage_estimator's
+#: choices); a new estimator is a branch in compute_advantages plus its name here.
+ESTIMATORS = ("none", "grpo", "dr_grpo", "rloo", "reinforce", "reinforce_pp",
+              "reinforce_pp_baseline")
 
 
 def group_statistics(values, group_index, include):
@@ -18,10 +22,11 @@ def group_statistics(values, group_index, include):
     _, inverse = torch.unique(group_index, return_inverse=True)  # [B]
     k = int(inverse.max()) + 1 if inverse.numel() else 0
     w = include.to(values.dtype)
-    count = torch.zeros(k, dtype=values.dtype).index_add_(0, inverse, w)  # [G]
-    total = torch.zeros(k, dtype=values.dtype).index_add_(0, inverse, values * w)
+    zeros = torch.zeros(k, dtype=values.dtype, device=values.device)
+    count = zeros.clone().index_add_(0, inverse, w)  # [G]
+    total = zeros.clone().index_add_(0, inverse, values * w)
     mean = total / count.clamp(min=1)
-    sq = torch.zeros(k, dtype=values.dtype).index_add_(0, inverse, (values - mean[inverse]) ** 2 * w)
+    sq = zeros.clone().index_add_(0, inverse, (values - mean[inverse]) ** 2 * w)
     std = torch.sqrt(sq / (count - 1).clamp(min=1))
     single = count <= 1
     mean = torch.where(single, torch.zeros_like(mean), mean)

@@ -6,16 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-REFERENCES = ("pi_theta", "pi_old", "one", "gspo_sequence", "cispo")
-MASKS = ("none", "ppo_clip", "dual_clip", "gspo_sequence_clip")
-ADVANTAGE_SOURCES = ("estimated", "one", "srft_sign")
-SHAPINGS = ("none", "luffy")
-SFT_WEIGHTINGS = ("none", "phi", "p", "srft_entropy")
+from .advantages import ESTIMATORS
+from .parts import ADVANTAGE_SOURCES, MASKS, REFERENCES, SFT_WEIGHTINGS, SHAPINGS
+
 NORMALIZATIONS = ("global", "micro_batch")
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
              "seq-mean-token-sum-norm", "token-sum-norm")
-ESTIMATORS = ("none", "grpo", "dr_grpo", "rloo", "reinforce", "reinforce_pp",
-              "reinforce_pp_baseline")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("loss", "reward")
 MU_SCHEDULES = ("none", "constant", "chord")

@@ -15,11 +15,11 @@ def entropy_threshold(entropies: torch.Tensor, rho: float, group=None) -> float:
     values = entropies.detach().reshape(-1).double()
     if group is not None and dist.get_world_size(group) > 1:
         world = dist.get_world_size(group)
-        size = torch.tensor([values.numel()], dtype=torch.long)
+        size = torch.tensor([values.numel()], dtype=torch.long, device=values.device)
         sizes = [torch.zeros_like(size) for _ in range(world)]
         dist.all_gather(sizes, size, group=group)
         longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros(longest, dtype=values.dtype)
+        padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
         padded[: values.numel()] = values
         gathered = [torch.zeros_like(padded) for _ in range(world)]
         dist.all_gather(gathered, padded, group=group)

@@ -80,10 +80,23 @@ _MB_KEYS = ("response_mask", "is_demo", "on_policy_weight", "demo_rl_weight", "s
             "old_entropy")
 
 
+def _counted_fields(mb) -> dict:
+    """The fields of a micro-batch (``Batch`` or dict) that the counts read."""
+    from .batch import Batch
+    if isinstance(mb, Batch):
+        return {k: getattr(mb, k) for k in _MB_KEYS if getattr(mb, k) is not None}
+    unknown = sorted(set(mb) - set(_MB_KEYS))
+    if unknown:
+        raise ValueError(f"compute_normalizers: unknown micro-batch keys {unknown}; "
+                         f"valid: {list(_MB_KEYS)}")
+    return mb
+
+
 def compute_normalizers(micro_batches, cfg, group=None) -> Normalizers:
     """Global denominators for one optimizer step.
 
-    micro_batches: this rank's micro-batches, each a dict with ``response_mask`` [B, T] and
+    micro_batches: this rank's micro-batches, each a ``Batch`` (loss/batch.py) or a dict with
+    ``response_mask`` [B, T] and
     optionally ``is_demo``, ``on_policy_weight``, ``demo_rl_weight``, ``sft_weight`` [B]
     (the same values later passed to ``policy_loss``) and ``old_entropy`` [B, T] (EGSPO
     quantile/soft gate). group: the data-parallel process group; one all-reduce (SUM) of the
@@ -92,24 +105,24 @@ def compute_normalizers(micro_batches, cfg, group=None) -> Normalizers:
     whole (unsplit) response masks and the DP group (not DP × CP); each CP rank then calls
     policy_loss on its token slice with these normalizers (and response_lengths for
     seq-mean-token-mean), and the sum over CP ranks is the loss of the rows.
+    Device: the counts live on the micro-batches' device (the accelerator, as NCCL needs);
+    one host sync at the end turns them into floats.
     """
-    counts = torch.zeros(7, dtype=torch.float64)
+    micro_batches = [_counted_fields(mb) for mb in micro_batches]
+    device = micro_batches[0]["response_mask"].device if micro_batches else torch.device("cpu")
+    counts = torch.zeros(7, dtype=torch.float64, device=device)
     entropies = []
     for mb in micro_batches:
-        unknown = sorted(set(mb) - set(_MB_KEYS))
-        if unknown:
-            raise ValueError(f"compute_normalizers: unknown micro-batch keys {unknown}; "
-                             f"valid: {list(_MB_KEYS)}")
         masks = term_masks(mb["response_mask"], cfg, mb.get("is_demo"), mb.get("on_policy_weight"),
                            mb.get("demo_rl_weight"), mb.get("sft_weight"))
         for i, key in enumerate(("rl", "sft", "all")):
-            counts[2 * i] += masks[key].sum().double().cpu()
-            counts[2 * i + 1] += (masks[key].sum(-1) > 0).sum().double().cpu()
+            counts[2 * i] += masks[key].sum().double()
+            counts[2 * i + 1] += (masks[key].sum(-1) > 0).sum().double()
         counts[6] += 1
         if mb.get("old_entropy") is not None:
             demo = mb.get("is_demo")
             rollout = masks["all"] if demo is None else masks["all"] * (~demo.bool())[:, None]
-            entropies.append(mb["old_entropy"].detach()[rollout > 0].reshape(-1).cpu())
+            entropies.append(mb["old_entropy"].detach()[rollout > 0].reshape(-1))
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(counts, group=group)
     threshold = None
@@ -117,9 +130,10 @@ def compute_normalizers(micro_batches, cfg, group=None) -> Normalizers:
         if not entropies and group is None:
             raise ValueError(f"egspo_gate_mode={cfg.egspo_gate_mode!r} needs 'old_entropy' in "
                              "the micro-batches given to compute_normalizers")
-        values = torch.cat(entropies) if entropies else torch.zeros(0, dtype=torch.float64)
+        values = torch.cat(entropies) if entropies else torch.zeros(0, dtype=torch.float64,
+                                                                    device=device)
         threshold = entropy_threshold(values, cfg.egspo_rho, group)
-    c = [float(v) for v in counts]
+    c = counts.tolist()
     return Normalizers(rl_tokens=c[0], rl_sequences=c[1], sft_tokens=c[2], sft_sequences=c[3],
                        all_tokens=c[4], all_sequences=c[5], num_micro_batches=c[6],
                        max_response_length=float(cfg.max_response_length),

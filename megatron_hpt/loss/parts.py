@@ -14,9 +14,18 @@ import torch
 
 LOG_RATIO_CAP = 10.0  # GSPO: clamp log s_i at 10 (SPEC §3)
 
+# The registry of the four parts (and the SFT weighting): the names each function below accepts.
+# LossConfig's choices are these tuples (loss/config.py); a new kind is a branch in its function
+# plus its name here.
+REFERENCES = ("pi_theta", "pi_old", "one", "gspo_sequence", "cispo")  # reference_denominator
+MASKS = ("none", "ppo_clip", "dual_clip", "gspo_sequence_clip")  # stabilization_mask
+ADVANTAGE_SOURCES = ("estimated", "one", "srft_sign")  # advantage
+SHAPINGS = ("none", "luffy")  # shaping, likelihood_gradient
+SFT_WEIGHTINGS = ("none", "phi", "p", "srft_entropy")  # sft_weight
+
 
 def reference_denominator(logprobs, old_logprobs, kind, response_mask,
-                          clip_ratio_low=0.2, clip_ratio_high=0.2):
+                          clip_ratio_low=0.2, clip_ratio_high=0.2, seq_log_ratio=None):
     """log π_ref per token, detached (SPEC §2 "reference denominator", Table 1).
 
     pi_theta: sg(ℓ)  (SFT, REINFORCE: factor 1, gradient ∇ℓ);
@@ -25,7 +34,8 @@ def reference_denominator(logprobs, old_logprobs, kind, response_mask,
     gspo_sequence: sg(ℓ) − log s_i, log s_i = min(10, (1/|o_i|) Σ_t (ℓ_t − ℓ^old_t))
       (GSPO token form s_{i,t} = sg(s_i)·exp(ℓ_t − sg(ℓ_t)), SPEC §3);
     cispo: sg(ℓ) − log clip(r_t, 1−ε_low, 1+ε_high)  (CISPO: factor sg(clip(r))·∇ℓ, SPEC §3).
-    Shapes: logprobs, old_logprobs, response_mask [B, T] → [B, T].
+    Shapes: logprobs, old_logprobs, response_mask [B, T] → [B, T]. seq_log_ratio [B]: GSPO's
+    uncapped log s_i over the whole row when this call holds a context-parallel slice of it.
     """
     lp = logprobs.detach()  # [B, T]
     if kind == "pi_theta":
@@ -39,7 +49,8 @@ def reference_denominator(logprobs, old_logprobs, kind, response_mask,
         return old
     if kind == "gspo_sequence":
         mask = response_mask.to(lp.dtype)
-        log_s = ((lp - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B]
+        log_s = ((lp - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1) \
+            if seq_log_ratio is None else seq_log_ratio.detach()  # [B]
         return lp - log_s.clamp(max=LOG_RATIO_CAP)[:, None]
     if kind == "cispo":
         ratio = torch.exp(lp - old).clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)

@@ -9,17 +9,13 @@ import json
 import os
 from typing import Any, Dict, List
 
+from megatron_hpt.conversion.registry import MAPPINGS
 from megatron_hpt.models.shape import ModelShape
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-
-#: model_type -> (architecture class name, per-family fixed ModelShape fields)
-_FAMILY = {
-    "llama": ("LlamaForCausalLM", dict(add_qkv_bias=False, qk_layernorm=False)),
-    "mistral": ("MistralForCausalLM", dict(add_qkv_bias=False, qk_layernorm=False)),
-    "qwen2": ("Qwen2ForCausalLM", dict(add_qkv_bias=True, qk_layernorm=False)),
-    "qwen3": ("Qwen3ForCausalLM", dict(add_qkv_bias=False, qk_layernorm=True)),
-}
+#: model_type -> (architecture class name, per-family fixed ModelShape fields), from the family
+#: registry (conversion/registry.py: one module per family feeds this and the conversion table)
+_FAMILY = {m.model_type: (m.architecture, dict(m.shape_fields)) for m in MAPPINGS.values()}
+SUPPORTED_MODEL_TYPES = tuple(_FAMILY)
 
 
 def load_hf_config(hf_dir: str) -> Dict[str, Any]:

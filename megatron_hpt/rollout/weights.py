@@ -32,14 +32,12 @@ from megatron_hpt.conversion.mapping import Mapping, tp_merge
 from megatron_hpt.conversion.names import layer_mappings
 from megatron_hpt.conversion.registry import mapping_for
 from megatron_hpt.models.shape import ModelShape
+from megatron_hpt.models.unwrap import unwrap_model
 
 Bucket = List[Tuple[str, torch.Tensor]]
 
 
-def _unwrap(model):
-    while hasattr(model, "module"):  # megatron DDP / Float16Module wrappers
-        model = model.module
-    return model
+_unwrap = unwrap_model  # the package's one unwrapper (models/unwrap.py)
 
 
 def _local_entries(chunk, shape: ModelShape, spec: Optional[str]) -> List[Tuple[int, Mapping, torch.Tensor]]:
@@ -102,6 +100,8 @@ def export_hf_weights(model_chunks: Sequence[torch.nn.Module] | torch.nn.Module,
     if isinstance(model_chunks, torch.nn.Module):
         model_chunks = [model_chunks]
     tp_group, tp_size, pp_group, pp_ranks, my_stage = _parallel_groups()
+    # receive buffers of other stages live where this stage's weights do (NCCL: the device)
+    device = next(p for c in model_chunks for p in c.parameters()).device
     limit = int(bucket_mb * 2 ** 20)
     # what this rank's stage exports, per chunk: HF (name, shape, dtype), known before any data moves
     local = [_local_entries(c, shape, spec) for c in model_chunks]
@@ -121,7 +121,7 @@ def export_hf_weights(model_chunks: Sequence[torch.nn.Module] | torch.nn.Module,
                     full = _full_megatron_tensor(mapping, shard, tp_group, tp_size)
                     tensors = mapping.to_hf(full, shape)
                 else:
-                    tensors = [torch.empty(s, dtype=dt) for _, s, dt in hf_meta]
+                    tensors = [torch.empty(s, dtype=dt, device=device) for _, s, dt in hf_meta]
                 if len(pp_ranks) > 1:
                     for t in tensors:
                         dist.broadcast(t, src=pp_ranks[stage], group=pp_group)

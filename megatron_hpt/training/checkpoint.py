@@ -27,29 +27,15 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.serialization import StrictHandling
 
 from megatron_hpt.conversion.checkpoint import load_model_state
+from megatron_hpt.models.checkpoint_dir import (  # noqa: F401 (read_tracker: re-export)
+    TRACKER, iteration_dir, read_tracker, resolve_checkpoint_dir)
+from megatron_hpt.models.unwrap import unwrap_model as unwrap
 
-TRACKER = "latest_checkpointed_iteration.txt"
 RANK_STATE_DIR = "rank_state"
 
 
 class CheckpointSaveError(RuntimeError):
     """A save that did not complete; the previous checkpoint is untouched."""
-
-
-def iteration_dir(root: str, iteration) -> str:
-    name = "release" if iteration == "release" else f"iter_{int(iteration):07d}"
-    return os.path.join(root, name)
-
-
-def read_tracker(root: str) -> Optional[str]:
-    """The tracker's content (``"release"`` or an iteration number as text), None if absent."""
-    path = os.path.join(root, TRACKER)
-    if not os.path.isfile(path):
-        return None
-    text = open(path).read().strip()
-    if text != "release" and not text.isdigit():
-        raise ValueError(f"{path}: expected an iteration number or 'release', got {text!r}")
-    return text
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -59,11 +45,6 @@ def _write_atomic(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def unwrap(chunk):
-    """The GPTModel inside a DDP (or other) wrapper: checkpoints hold unwrapped names."""
-    return getattr(chunk, "module", chunk)
 
 
 def _model_state(model: List) -> dict:
@@ -172,12 +153,8 @@ def load_checkpoint(root: str, model: List, optimizer=None, scheduler=None,
                     finetune: bool = False) -> int:
     """Load the tracker's checkpoint into ``model`` (and optimizer/scheduler when given and present).
     Returns the iteration to resume from (0 for ``release`` checkpoints or ``finetune``)."""
+    ckpt = resolve_checkpoint_dir(root)
     tag = read_tracker(root)
-    if tag is None:
-        raise FileNotFoundError(f"{root}: no {TRACKER}; not a megatron-hpt/Megatron-LM checkpoint dir")
-    ckpt = iteration_dir(root, tag)
-    if not os.path.isdir(ckpt):
-        raise FileNotFoundError(f"{ckpt}: named by {TRACKER} but missing")
     release = tag == "release"
     state = _model_state(model)
     if optimizer is not None and not release and not finetune:

@@ -22,17 +22,19 @@ tokens of one micro-batch on one GPU, as here. Prompt groups are never split ove
 
 Packed (THD) micro-batches carry ``tokens``, ``labels`` and ``position_ids`` as one stream
 [1, T] (positions restart at 0 in every row) and ``cu_seqlens`` [rows + 1] (row boundaries);
-every per-row / per-token field the loss reads (``loss_mask``, ``old_logprobs``, ...) stays in
-the padded [rows, longest] layout, and the loss head unpacks its per-token log-probs into it
-(``to_rows``).
+every per-row / per-token field the loss reads (``response_mask``, ``old_logprobs``, ...) stays
+in the padded [rows, longest] layout, and the loss head unpacks its per-token log-probs into it
+(``to_rows``). Rows are ``loss/batch.py`` ``Batch`` objects.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+
+from megatron_hpt.loss.batch import Batch
 
 #: stream fields of a packed micro-batch (the model's inputs and the labels)
 STREAM_KEYS = ("tokens", "labels", "position_ids")
@@ -41,8 +43,8 @@ STREAM_KEYS = ("tokens", "labels", "position_ids")
 def row_lengths(loss_mask: torch.Tensor) -> List[int]:
     """Tokens each row needs: through its last loss-mask position (at least 1). loss_mask [N, S]."""
     valid = loss_mask > 0
-    pos = torch.arange(1, loss_mask.shape[1] + 1).expand_as(valid)
-    return [max(int(v), 1) for v in (pos * valid).max(dim=1).values]
+    pos = torch.arange(1, loss_mask.shape[1] + 1, device=loss_mask.device).expand_as(valid)
+    return [max(int(v), 1) for v in (pos * valid).max(dim=1).values.cpu()]
 
 
 def pad_multiple(tensor_parallel: int = 1, sequence_parallel: bool = False,
@@ -84,48 +86,45 @@ def plan_token_budget(lengths: Sequence[int], max_tokens: int, multiple: int = 1
     return [sorted(rows) for rows in bins]
 
 
-def take(rows: Dict[str, torch.Tensor], index: Sequence[int], length: int) -> Dict[str, torch.Tensor]:
-    """The rows ``index`` of ``rows``; per-token fields ([N, S, ...]) cut to ``length``."""
-    idx = torch.tensor(list(index), dtype=torch.long)
-    seq = rows["tokens"].shape[1]
-    out = {}
-    for k, v in rows.items():
-        v = v[idx]
-        out[k] = v[:, :length].contiguous() if v.dim() >= 2 and v.shape[1] == seq else v
-    return out
+def take(rows: Batch, index: Sequence[int], length: int) -> Batch:
+    """The rows ``index`` of ``rows``; per-token fields ([N, S]) cut to ``length``."""
+    picked = rows.select(list(index))
+    seq = rows.tokens.shape[1]
+    return picked.replace(**{k: v[:, :length].contiguous() for k, v in picked.tensors().items()
+                             if v.dim() >= 2 and v.shape[1] == seq})
 
 
-def pack_thd(mb: Dict[str, torch.Tensor], multiple: int = 1) -> Dict[str, torch.Tensor]:
+def pack_thd(mb: Batch, multiple: int = 1) -> Batch:
     """One micro-batch (padded layout) -> the THD stream: each row's first round_up(length,
     multiple) tokens concatenated; positions restart at 0 per row; ``cu_seqlens`` int32."""
-    lengths = [min(round_up(n, multiple), mb["tokens"].shape[1]) for n in row_lengths(mb["loss_mask"])]
-    out = dict(mb)
-    for k in STREAM_KEYS:
-        out[k] = torch.cat([mb[k][i, :n] for i, n in enumerate(lengths)])[None]
-    out["position_ids"] = torch.cat([torch.arange(n) for n in lengths])[None]
-    out["cu_seqlens"] = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0).to(torch.int32)
-    return out
+    lengths = [min(round_up(n, multiple), mb.tokens.shape[1]) for n in row_lengths(mb.response_mask)]
+    out = {k: torch.cat([getattr(mb, k)[i, :n] for i, n in enumerate(lengths)])[None]
+           for k in STREAM_KEYS}
+    out["position_ids"] = torch.cat([torch.arange(n, device=mb.device) for n in lengths])[None]
+    out["cu_seqlens"] = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0).to(
+        torch.int32).to(mb.device)
+    return mb.replace(**out)
 
 
-def to_rows(batch: Dict[str, torch.Tensor], values: torch.Tensor) -> torch.Tensor:
+def to_rows(batch: Batch, values: torch.Tensor) -> torch.Tensor:
     """Per-token values of the model's output stream in the padded [rows, S] layout of
-    ``batch["loss_mask"]``: unchanged for a padded micro-batch, unpacked (zeros after each row's
+    ``batch.response_mask``: unchanged for a padded micro-batch, unpacked (zeros after each row's
     end) for a packed one. Differentiable."""
-    if "cu_seqlens" not in batch:
+    if batch.cu_seqlens is None:
         return values
-    cu = [int(c) for c in batch["cu_seqlens"]]
-    width = batch["loss_mask"].shape[1]
+    cu = [int(c) for c in batch.cu_seqlens]
+    width = batch.response_mask.shape[1]
     flat = values.reshape(-1)
     rows = [torch.nn.functional.pad(flat[a:b], (0, width - (b - a))) for a, b in zip(cu, cu[1:])]
     return torch.stack(rows)
 
 
-def packed_seq_params(batch: Dict[str, torch.Tensor]):
+def packed_seq_params(batch: Batch):
     """megatron-core's PackedSeqParams (THD) of a packed micro-batch, None for a padded one."""
-    if "cu_seqlens" not in batch:
+    if batch.cu_seqlens is None:
         return None
     from megatron.core.packed_seq_params import PackedSeqParams
-    cu = batch["cu_seqlens"].to(batch["tokens"].device)
+    cu = batch.cu_seqlens.to(batch.device)
     longest = int((cu[1:] - cu[:-1]).max())
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
                            max_seqlen_q=longest, max_seqlen_kv=longest)
@@ -142,24 +141,24 @@ def _agree_over_pipeline(lengths: List[int]) -> List[int]:
     return [int(v) for v in t.cpu()]
 
 
-def plan(rows: Dict[str, torch.Tensor], micro_batch_size: int,
+def plan(rows: Batch, micro_batch_size: int,
          max_tokens: Optional[int] = None, multiple: int = 1, packed: bool = False
          ) -> List[List[int]]:
     """Row indices of each micro-batch: consecutive ``micro_batch_size`` rows without a budget,
     first-fit decreasing under it."""
-    n = rows["tokens"].shape[0]
+    n = rows.num_rows
     if not max_tokens:
         return [list(range(i, min(i + micro_batch_size, n))) for i in range(0, n, micro_batch_size)]
-    lengths = _agree_over_pipeline(row_lengths(rows["loss_mask"]))
+    lengths = _agree_over_pipeline(row_lengths(rows.response_mask))
     return plan_token_budget(lengths, max_tokens, multiple, packed)
 
 
-def build(rows: Dict[str, torch.Tensor], index: List[List[int]], budgeted: bool,
-          multiple: int = 1, packed: bool = False) -> List[Dict[str, torch.Tensor]]:
+def build(rows: Batch, index: List[List[int]], budgeted: bool,
+          multiple: int = 1, packed: bool = False) -> List[Batch]:
     """The micro-batches of a plan: full-length rows without a budget (as before), else each cut
     to its longest row rounded to ``multiple`` (never beyond the rows' length), packed if asked."""
-    seq = rows["tokens"].shape[1]
-    lengths = row_lengths(rows["loss_mask"]) if budgeted else None
+    seq = rows.tokens.shape[1]
+    lengths = row_lengths(rows.response_mask) if budgeted else None
     out = []
     for idx in index:
         width = min(round_up(max(lengths[i] for i in idx), multiple), seq) if budgeted else seq
@@ -168,8 +167,7 @@ def build(rows: Dict[str, torch.Tensor], index: List[List[int]], budgeted: bool,
     return out
 
 
-def micro_batches(rows: Dict[str, torch.Tensor], cfg, index_out: Optional[list] = None
-                  ) -> List[Dict[str, torch.Tensor]]:
+def micro_batches(rows: Batch, cfg, index_out: Optional[list] = None) -> List[Batch]:
     """This replica's rows -> micro-batches by the run's settings (``cfg``: TrainingConfig).
     ``index_out`` (a list) receives each micro-batch's row indices."""
     par = cfg.parallel
@@ -189,15 +187,15 @@ def unpack(values: Sequence[torch.Tensor], index: Sequence[Sequence[int]], n_row
     first = values[0]
     out = torch.zeros((n_rows, seq_length), dtype=first.dtype, device=first.device)
     for v, idx in zip(values, index):
-        out[torch.tensor(list(idx), dtype=torch.long), :v.shape[1]] = v
+        out[torch.tensor(list(idx), dtype=torch.long, device=first.device), :v.shape[1]] = v
     return out
 
 
-def schedule_shape(model, micro_batches: List[Dict[str, torch.Tensor]], seq_length: int):
+def schedule_shape(model, micro_batches: List[Batch], seq_length: int):
     """(seq_length, micro_batch_size) for megatron's schedule. Micro-batches of different shapes:
     the largest, and the model config's ``variable_seq_lengths`` set so the pipeline schedule
     exchanges each activation's shape between stages (megatron's own mechanism)."""
-    shapes = {tuple(mb["tokens"].shape) for mb in micro_batches}
+    shapes = {tuple(mb.tokens.shape) for mb in micro_batches}
     if len(shapes) == 1:
         b, s = next(iter(shapes))
         return s, b

@@ -24,6 +24,7 @@ from typing import List, Optional
 
 from megatron_hpt.arguments import ConfigError, TrainingConfig
 from megatron_hpt.data.tokenizer import describe_chars, unrepresentable_chars
+from megatron_hpt.data.prompts import BUILTIN, PromptSource
 from megatron_hpt.models.shape import ModelShape
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -353,6 +354,23 @@ def _check_tensor_shapes(root: str, ckpt_dir: str, s: ModelShape) -> None:
                           "made with")
 
 
+def read_training_prompts(cfg: TrainingConfig, tokenizer) -> PromptSource:
+    """The run's prompt source, read and checked before anything is allocated (ConfigError
+    naming file, row and field for a bad row)."""
+    from megatron_hpt.rollout.config import uses_demonstrations
+    from megatron_hpt.training.held_out import prompt_source
+    need = cfg.loss_preset == "sft" or uses_demonstrations(cfg)
+    source = prompt_source(cfg, tokenizer, cfg.data_path, cfg.seed, need_demonstrations=need)
+    check_prompts(source, tokenizer, cfg.seq_length, cfg.data_path, cfg.data_skip_bad_rows, need)
+    path = cfg.eval_data_path or BUILTIN  # held-out prompts of --eval-interval and the final eval
+    check_prompts(prompt_source(cfg, tokenizer, path, cfg.seed), tokenizer, cfg.seq_length, path,
+                  cfg.data_skip_bad_rows)
+    if source.skipped:
+        print(f" data: {cfg.data_path}: {len(source.records)} rows, {source.skipped} bad rows "
+              "skipped (--data-skip-bad-rows)", flush=True)
+    return source
+
+
 # ============================ all of it ============================
 
 def prepare(argv=None):
@@ -361,7 +379,6 @@ def prepare(argv=None):
     from megatron_hpt.arguments import build_config, build_parser
     from megatron_hpt.data.tokenizer import load_tokenizer
     from megatron_hpt.training import distributed
-    from megatron_hpt.training.tasks import read_training_prompts
 
     args = build_parser().parse_args(argv)
     check_flags(args)

@@ -38,12 +38,14 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_hpt import platform
 from megatron_hpt.arguments import TrainingConfig
 from megatron_hpt.rollout.config import rows_per_rollout, uses_demonstrations
 from megatron_hpt.data.prompts import PromptSource
 from megatron_hpt.data.sft_batch import sft_rows
 from megatron_hpt.hybrid import hpt_branch_coefficients
 from megatron_hpt.loss import compute_advantages, mu_at_step
+from megatron_hpt.loss.batch import Batch
 from megatron_hpt.rollout import SamplingParams
 from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rollout.trainer_engine import TrainerEngine
@@ -55,13 +57,13 @@ from megatron_hpt.training.loss_head import LossHead
 from megatron_hpt.training.old_policy import needs_entropy_early, old_logprob_source
 from megatron_hpt.training.setup import build_reference_model
 from megatron_hpt.training.step import forward_logprobs
-from megatron_hpt.training.tasks import greedy_accuracy
+from megatron_hpt.training.held_out import greedy_accuracy
 
 
-def rollout_rows(samples, seq_length: int, pad_token_id: int) -> Dict[str, torch.Tensor]:
-    """Rows ``prompt + response`` (length seq_length + 1, right-padded) as tokens/labels; the
-    loss mask covers the response tokens, ``old_logprobs`` holds each sampled token's log-prob
-    at its label position."""
+def rollout_rows(samples, seq_length: int, pad_token_id: int) -> Batch:
+    """Rows ``prompt + response`` (length seq_length + 1, right-padded) as tokens/labels, a CPU
+    ``Batch``; the response mask covers the response tokens, ``old_logprobs`` holds each sampled
+    token's log-prob at its label position."""
     n = len(samples)
     rows = torch.full((n, seq_length + 1), pad_token_id, dtype=torch.long)
     mask = torch.zeros((n, seq_length + 1))
@@ -75,9 +77,9 @@ def rollout_rows(samples, seq_length: int, pad_token_id: int) -> Dict[str, torch
         rows[i, :len(ids)] = torch.tensor(ids)
         mask[i, p:len(ids)] = 1.0
         old[i, p:len(ids)] = torch.tensor(s.logprobs, dtype=torch.float32)
-    return dict(tokens=rows[:, :-1].contiguous(), labels=rows[:, 1:].contiguous(),
-                loss_mask=mask[:, 1:].contiguous(), old_logprobs=old[:, 1:].contiguous(),
-                position_ids=torch.arange(seq_length).expand(n, seq_length).contiguous())
+    return Batch(tokens=rows[:, :-1].contiguous(), labels=rows[:, 1:].contiguous(),
+                 response_mask=mask[:, 1:].contiguous(), old_logprobs=old[:, 1:].contiguous(),
+                 position_ids=torch.arange(seq_length).expand(n, seq_length).contiguous())
 
 
 class RlTask:
@@ -99,7 +101,7 @@ class RlTask:
         self.reference = build_reference_model(cfg, model) if cfg.loss.kl_coef > 0 else None
 
     # ------------------------------------------------------------------ one step's rows
-    def micro_batches(self, iteration: int) -> List[Dict[str, torch.Tensor]]:
+    def micro_batches(self, iteration: int) -> List[Batch]:
         """This rank's micro-batches of optimizer step ``iteration``: mini-batch
         ``iteration % updates`` of rollout batch ``iteration // updates`` (generated once)."""
         rollout_index, update = divmod(iteration, self.updates)
@@ -109,10 +111,10 @@ class RlTask:
         micro_batches = self._mini_batches[update]
         if self.cfg.loss.mu_schedule != "none":  # CHORD's SFT mixing weight of this step
             for mb in micro_batches:
-                mb["mu"] = mu_at_step(iteration, self.cfg.loss)
+                mb.mu = mu_at_step(iteration, self.cfg.loss)
         return micro_batches
 
-    def _rollout(self, index: int) -> List[List[Dict[str, torch.Tensor]]]:
+    def _rollout(self, index: int) -> List[List[Batch]]:
         """Rollout batch ``index``: this rank's rows, cut into ``updates`` mini-batches (whole
         prompt groups each) of micro-batches; old log-probs taken before the first update."""
         cfg, ro, tok = self.cfg, self.cfg.rollout, self.tokenizer
@@ -144,17 +146,20 @@ class RlTask:
             sft_w[:, -1] = branch.sft
             demo_rl_w[:, -1] = branch.off_policy
             all_rewards = torch.cat([all_rewards, torch.ones(per_rank, 1)], dim=1)
-        rows["is_demo"] = is_demo.reshape(-1)
+        rows.is_demo = is_demo.reshape(-1)
         if ro.hpt_mode != "off":
-            rows.update(on_policy_weight=on_w.reshape(-1), sft_weight=sft_w.reshape(-1),
-                        demo_rl_weight=demo_rl_w.reshape(-1))
+            rows = rows.replace(on_policy_weight=on_w.reshape(-1), sft_weight=sft_w.reshape(-1),
+                                demo_rl_weight=demo_rl_w.reshape(-1))
+        device = platform.device()
+        rows = rows.to(device)  # the one move of the step's rows: everything below is on device
         # mini-batches of whole prompt groups, each cut into micro-batches (fixed size or by
         # token budget, training/packing.py); ``row_index``: each micro-batch's rows
         n_rows, rows_per_update = per_rank * per_row, per_rank * per_row // self.updates
         mini_batches, row_index = [], []
         for start in range(0, n_rows, rows_per_update):
-            part, sub = {k: v[start:start + rows_per_update] for k, v in rows.items()}, []
-            mini_batches.append(packing.micro_batches(part, cfg, sub))
+            sub = []
+            mini_batches.append(packing.micro_batches(
+                rows.select(slice(start, start + rows_per_update)), cfg, sub))
             row_index += [[start + i for i in idx] for idx in sub]
         flat = [mb for mini in mini_batches for mb in mini]
         source = old_logprob_source(cfg, self.updates, self.reference is not None)
@@ -167,18 +172,18 @@ class RlTask:
             self._reference_logprobs(flat)
         # advantages last: KL-in-reward (REINFORCE++) reads the old and reference log-probs
         extras = {}
-        if cfg.loss.kl_mode == "reward" and self.reference is not None and "ref_logprobs" in flat[0]:
-            extras = {k: packing.unpack([mb[k] for mb in flat], row_index, n_rows, cfg.seq_length)
-                      for k in ("old_logprobs", "ref_logprobs")}
-        group = torch.arange(per_rank)[:, None].expand(per_rank, per_row).reshape(-1)
+        if cfg.loss.kl_mode == "reward" and self.reference is not None and flat[0].ref_logprobs is not None:
+            extras = {k: packing.unpack([getattr(mb, k) for mb in flat], row_index, n_rows,
+                                        cfg.seq_length) for k in ("old_logprobs", "ref_logprobs")}
+        group = torch.arange(per_rank, device=device)[:, None].expand(per_rank, per_row).reshape(-1)
         advantages = compute_advantages(
-            all_rewards.reshape(-1), group, cfg.loss, is_demo=rows["is_demo"],
-            response_mask=rows["loss_mask"],
+            all_rewards.reshape(-1).to(device), group, cfg.loss, is_demo=rows.is_demo,
+            response_mask=rows.response_mask,
             group=parallel_state.get_data_parallel_group(), **extras).float()
         for idx, mb in zip(row_index, flat):
-            adv = advantages[torch.tensor(idx)]
-            mb["advantages"] = adv[:, :mb["loss_mask"].shape[1]] if adv.dim() == 2 else adv
-        self._record(rewards, branch.sft_share, rollouts["loss_mask"].sum(1), samples)
+            adv = advantages[torch.tensor(idx, device=advantages.device)]
+            mb.advantages = adv[:, :mb.response_mask.shape[1]] if adv.dim() == 2 else adv
+        self._record(rewards, branch.sft_share, rollouts.response_mask.sum(1), samples)
         return mini_batches
 
     def _draw(self, index: int, per_rank: int):
@@ -223,7 +228,7 @@ class RlTask:
         ref = forward_logprobs(self.reference, micro_batches, self.cfg.seq_length,
                                self.cfg.rollout.temperature or 1.0)
         for mb, (logprobs, _) in zip(micro_batches, ref):
-            mb["ref_logprobs"] = logprobs * mb["loss_mask"]
+            mb.ref_logprobs = logprobs * mb.response_mask
 
     def _recompute_old_logprobs(self, micro_batches, entropy_only: bool = False) -> None:
         """Replace the engine's log-probs by the training model's (last pipeline stage, where the
@@ -233,36 +238,34 @@ class RlTask:
                                  self.cfg.rollout.temperature or 1.0)
         if not fresh:
             return
-        gap = torch.zeros(2, dtype=torch.float64)
+        gap = torch.zeros(2, dtype=torch.float64, device=micro_batches[0].device)
         for mb, (logprobs, entropy) in zip(micro_batches, fresh):
-            rollout_tokens = mb["loss_mask"] * (~mb["is_demo"])[:, None].float()
-            gap += torch.stack([((logprobs - mb["old_logprobs"]).abs() * rollout_tokens).sum(),
+            rollout_tokens = mb.response_mask * (~mb.is_demo)[:, None].float()
+            gap += torch.stack([((logprobs - mb.old_logprobs).abs() * rollout_tokens).sum(),
                                 rollout_tokens.sum()]).double()
             if not entropy_only:
-                mb["old_logprobs"] = logprobs * mb["loss_mask"]
-            mb["old_entropy"] = entropy  # EGSPO's gate and SRFT's weights read π_old's entropy
+                mb.old_logprobs = logprobs * mb.response_mask
+            mb.old_entropy = entropy  # EGSPO's gate and SRFT's weights read π_old's entropy
         dist.all_reduce(gap, group=parallel_state.get_data_parallel_group())
         self.stats_extra = {"rollout logprob gap": float(gap[0] / gap[1].clamp(min=1))}
 
-    def _interleave(self, rollouts, problems, n: int) -> Dict[str, torch.Tensor]:
+    def _interleave(self, rollouts: Batch, problems, n: int) -> Batch:
         """Per prompt: its n rollout rows, then (if used) its demonstration row."""
         if not self.with_demos:
             return rollouts
         demos = sft_rows(self.tokenizer, [p.prompt_ids for p in problems],
                          [p.demonstration for p in problems], self.cfg.seq_length,
                          source=self.cfg.data_path)
-        demos["old_logprobs"] = torch.zeros_like(demos["loss_mask"])  # π_ref ≡ 1 for demos
-        out = {}
-        for k, v in rollouts.items():
-            grouped = v.view(len(problems), n, *v.shape[1:])
-            out[k] = torch.cat([grouped, demos[k][:, None]], dim=1).flatten(0, 1)
-        return out
+        demos.old_logprobs = torch.zeros_like(demos.response_mask)  # π_ref ≡ 1 for demos
+        return Batch.cat([part for j in range(len(problems))
+                          for part in (rollouts.select(slice(j * n, (j + 1) * n)),
+                                       demos.select(slice(j, j + 1)))])
 
     def _record(self, rewards, sft_share: float, lengths, samples) -> None:
         """Rollout statistics of the step, averaged over DP replicas."""
         local = torch.tensor([float(rewards.mean()), sft_share, float(lengths.float().mean()),
                               sum(s.finish_reason == "length" for s in samples) / len(samples)],
-                             dtype=torch.float64)
+                             dtype=torch.float64, device=platform.device())
         group = parallel_state.get_data_parallel_group()
         dist.all_reduce(local, group=group)
         local /= dist.get_world_size(group)
@@ -289,7 +292,7 @@ class RlTask:
             self.stats = dict(state.get("stats", {}))
 
     # ------------------------------------------------------------------ the loop's hooks
-    def attach_normalizers(self, micro_batches: List[Dict[str, torch.Tensor]]) -> None:
+    def attach_normalizers(self, micro_batches: List[Batch]) -> None:
         self.loss_fn.attach_normalizers(micro_batches)
 
     def after_step(self) -> Dict[str, float]:

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_hpt.arguments import TrainingConfig, model_parallel_kwargs
-from megatron_hpt.models import build_gpt_model, transformer_config
+from megatron_hpt.models.stage import build_model_stage
+from megatron_hpt.models.unwrap import unwrap_model
 
 
 def finalize_grads_without_token_scaling(model, num_tokens=None, **kwargs):
@@ -23,11 +23,8 @@ def finalize_grads_without_token_scaling(model, num_tokens=None, **kwargs):
 
 def build_model(cfg: TrainingConfig) -> List[DistributedDataParallel]:
     """This rank's pipeline stage of the model, wrapped in megatron-core DDP (a list of one chunk)."""
-    tconfig = transformer_config(cfg.shape, **model_parallel_kwargs(cfg))
-    model = build_gpt_model(cfg.shape, tconfig,
-                            pre_process=parallel_state.is_pipeline_first_stage(),
-                            post_process=parallel_state.is_pipeline_last_stage(),
-                            transformer_impl=cfg.transformer_impl)
+    model, tconfig = build_model_stage(cfg.shape, dict(transformer_impl=cfg.transformer_impl),
+                                       **model_parallel_kwargs(cfg))
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
@@ -44,13 +41,9 @@ def build_reference_model(cfg: TrainingConfig, policy: List[DistributedDataParal
     """A frozen copy of the policy as it is now (after --load): the reference of the KL terms.
     Same layout as the policy (this rank's TP shard of this PP stage); no DDP, no gradients.
     Memory: one more copy of the weights per rank (no optimizer state)."""
-    from megatron_hpt.training.checkpoint import unwrap
-    tconfig = transformer_config(cfg.shape, **model_parallel_kwargs(cfg))
-    ref = build_gpt_model(cfg.shape, tconfig,
-                          pre_process=parallel_state.is_pipeline_first_stage(),
-                          post_process=parallel_state.is_pipeline_last_stage(),
-                          transformer_impl=cfg.transformer_impl)
-    ref.load_state_dict(unwrap(policy[0]).state_dict(), strict=True)
+    ref, _ = build_model_stage(cfg.shape, dict(transformer_impl=cfg.transformer_impl),
+                               **model_parallel_kwargs(cfg))
+    ref.load_state_dict(unwrap_model(policy[0]).state_dict(), strict=True)
     ref.requires_grad_(False)
     return [ref.eval()]
 

@@ -18,17 +18,28 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_hpt.loss.batch import Batch, cp_unshard
 from megatron_hpt.training.packing import packed_seq_params, schedule_shape, to_rows
 from megatron_hpt.training.nonfinite import guarded_optimizer_step
 
 #: (logits [b, s, V/TP], micro_batch) -> (loss scalar, local token count, {name: tensor})
-LossFn = Callable[[torch.Tensor, Dict[str, torch.Tensor]], Tuple[torch.Tensor, torch.Tensor, Dict]]
+LossFn = Callable[[torch.Tensor, Batch], Tuple[torch.Tensor, torch.Tensor, Dict]]
+
+
+def this_cp_rank_share(batch: Batch) -> Batch:
+    """This context-parallel rank's tokens of ``batch`` (load-balanced layout, whole-row
+    lengths kept; loss/batch.py); the batch itself without CP."""
+    cp_size = parallel_state.get_context_parallel_world_size()
+    if cp_size == 1:
+        return batch
+    return batch.cp_shard(parallel_state.get_context_parallel_rank(), cp_size)
 
 
 def _forward_step(loss_fn: LossFn, data_iterator, model):
-    """megatron forward_step_func: run one micro-batch through this stage."""
-    batch = next(data_iterator)
-    logits = model(batch["tokens"], batch["position_ids"], None,
+    """megatron forward_step_func: run one micro-batch (already on the device) through this
+    stage; with CP, this rank's token shard of it."""
+    batch = this_cp_rank_share(next(data_iterator))
+    logits = model(batch.tokens, batch.position_ids, None,
                    packed_seq_params=packed_seq_params(batch))
     # Non-last stages return the hidden states for the next stage; the loss is only applied last.
     return logits, partial(_loss_func, loss_fn, batch)
@@ -52,6 +63,8 @@ def reduce_metrics(per_microbatch: List[Dict[str, torch.Tensor]],
     issues the same collectives. Non-last pipeline stages return {}."""
     if not per_microbatch:
         return {}
+    device = next(v for m in per_microbatch for v in m.values()).device if any(per_microbatch) \
+        else _device()
     group = parallel_state.get_data_parallel_group(with_context_parallel=True)
     keys = set().union(*per_microbatch)
     if dist.get_world_size(group) > 1:
@@ -69,14 +82,15 @@ def reduce_metrics(per_microbatch: List[Dict[str, torch.Tensor]],
         for k in selected:
             present = [m[k].reshape(()).double() for m in per_microbatch if k in m]
             if op == dist.ReduceOp.MIN:
-                vals.append(torch.stack(present).min() if present else torch.tensor(float("inf")))
+                vals.append(torch.stack(present).min() if present else torch.tensor(float("inf"), device=device))
             elif op == dist.ReduceOp.MAX:
-                vals.append(torch.stack(present).max() if present else torch.tensor(float("-inf")))
+                vals.append(torch.stack(present).max() if present else torch.tensor(float("-inf"), device=device))
             else:  # sum, plus the count for averaging the non-additive ones
-                total = torch.stack(present).sum() if present else torch.tensor(0.0)
-                vals += [total, torch.tensor(float(len(present)))]
+                total = torch.stack(present).sum() if present else torch.tensor(0.0, device=device)
+                vals += [total, torch.tensor(float(len(present)), device=device)]
         local = torch.stack([v.double() for v in vals])
         dist.all_reduce(local, op=op, group=group)
+        local = local.tolist()
         if op != dist.ReduceOp.SUM:
             out.update({k: float(v) for k, v in zip(selected, local)})
         else:
@@ -86,7 +100,12 @@ def reduce_metrics(per_microbatch: List[Dict[str, torch.Tensor]],
     return out
 
 
-def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_fn: LossFn,
+def _device():
+    from megatron_hpt.platform import device
+    return device()
+
+
+def forward_backward(model, micro_batches: List[Batch], loss_fn: LossFn,
                      seq_length: int, forward_only: bool = False,
                      additive=("lm loss",)) -> Dict[str, float]:
     """Forward (and backward) over this rank's micro-batches; returns globally reduced metrics
@@ -106,20 +125,32 @@ def forward_backward(model, micro_batches: List[Dict[str, torch.Tensor]], loss_f
 
 def _logprob_forward_step(temperature: float, data_iterator, model):
     """forward_step_func of ``forward_logprobs``: per-token log-probs of the labels and entropy."""
-    batch = next(data_iterator)
-    logits = model(batch["tokens"], batch["position_ids"], None,
+    batch = this_cp_rank_share(next(data_iterator))
+    logits = model(batch.tokens, batch.position_ids, None,
                    packed_seq_params=packed_seq_params(batch))
 
     def collect(output, non_loss_data=True):
         from megatron_hpt.loss import vocab_parallel_logprob_entropy
         logprobs, entropy = vocab_parallel_logprob_entropy(
-            output, batch["labels"], temperature=temperature,
+            output, batch.labels, temperature=temperature,
             group=parallel_state.get_tensor_model_parallel_group(), with_entropy=True)
-        return to_rows(batch, logprobs.detach().float()), to_rows(batch, entropy.detach().float())
+        return (to_rows(batch, _cp_gather(logprobs.detach().float())),
+                to_rows(batch, _cp_gather(entropy.detach().float())))
     return logits, collect
 
 
-def forward_logprobs(model, micro_batches: List[Dict[str, torch.Tensor]], seq_length: int,
+def _cp_gather(shard: torch.Tensor) -> torch.Tensor:
+    """Whole rows from every CP rank's token shard (all_gather over the CP group); the shard
+    itself without CP."""
+    cp_size = parallel_state.get_context_parallel_world_size()
+    if cp_size == 1:
+        return shard
+    parts = [torch.empty_like(shard) for _ in range(cp_size)]
+    dist.all_gather(parts, shard.contiguous(), group=parallel_state.get_context_parallel_group())
+    return cp_unshard(parts)
+
+
+def forward_logprobs(model, micro_batches: List[Batch], seq_length: int,
                      temperature: float = 1.0) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """Per-token (log-prob of ``labels``, entropy) under the current weights, two [b, s] tensors
     per micro-batch, through megatron's schedule in forward-only mode (any TP/PP). Returned on

@@ -68,23 +68,24 @@ def synthetic_rl_batch(preset_name: str, seq_length: int = 32, vocab: int = 80, 
     group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     rewards = torch.tensor([1., 0., 1., 0., 0., 0., 1., 1.])
     is_demo = torch.zeros(n, dtype=torch.bool)
-    batch = dict(tokens=tokens, labels=labels, loss_mask=mask,
-                 position_ids=pos.expand(n, seq_length).contiguous(),
-                 old_logprobs=-3.0 - torch.rand(n, seq_length, generator=g))
+    from megatron_hpt.loss.batch import Batch
+    batch = Batch(tokens=tokens, labels=labels, response_mask=mask,
+                  position_ids=pos.expand(n, seq_length).contiguous(),
+                  old_logprobs=-3.0 - torch.rand(n, seq_length, generator=g))
     cfg = preset(preset_name)
     if preset_name == "egspo":  # π_old's entropies: the batch-quantile gate reads them
-        batch["old_entropy"] = 0.5 + 2.0 * torch.rand(n, seq_length, generator=g)
+        batch.old_entropy = 0.5 + 2.0 * torch.rand(n, seq_length, generator=g)
     if preset_name == "luffy":  # one demonstration per group, inside the group statistics
         is_demo[[3, 7]] = True
         rewards[[3, 7]] = 1.0
     if preset_name.startswith("hpt"):  # group 1 takes the SFT branch: its rollouts are dropped
         is_demo[7] = True
-        batch["on_policy_weight"] = torch.tensor([1., 1., 1., 1., 0., 0., 0., 0.])
-        batch["sft_weight"] = torch.tensor([0., 0., 0., 0., 0., 0., 0., 1.])
+        batch.on_policy_weight = torch.tensor([1., 1., 1., 1., 0., 0., 0., 0.])
+        batch.sft_weight = torch.tensor([0., 0., 0., 0., 0., 0., 0., 1.])
         # the SFT-branch demo sits alone in its own micro-batch of a 4-way split, so the
         # released per-micro-batch token-mean weighs it differently from the global one
-    batch["is_demo"] = is_demo
-    batch["advantages"] = compute_advantages(rewards, group, cfg, is_demo=is_demo,
+    batch.is_demo = is_demo
+    batch.advantages = compute_advantages(rewards, group, cfg, is_demo=is_demo,
                                              response_mask=mask).float()
     return batch
 
@@ -119,13 +120,13 @@ def rl_steps(argv: list, runs: list, init_ckpt: str, save_root: str) -> list:
             micro_batches = layout_micro_batches(synthetic_rl_batch(preset_name), micro_batch_size)
             if head.cfg.mu_schedule != "none":  # the SFT mixing weight μ of step 0 (EGSPO)
                 for mb in micro_batches:
-                    mb["mu"] = mu_at_step(0, head.cfg)
+                    mb.mu = mu_at_step(0, head.cfg)
             if str(micro_batch_size).endswith(("_recompute", "_forward")):
                 # π_old = the current policy: a recompute pass, or the training forward itself
                 if micro_batch_size.endswith("_recompute"):
                     fresh = forward_logprobs(model, micro_batches, cfg.seq_length)
                     for mb, (logprobs, entropy) in zip(micro_batches, fresh):
-                        mb["old_logprobs"], mb["old_entropy"] = logprobs * mb["loss_mask"], entropy
+                        mb.old_logprobs, mb.old_entropy = logprobs * mb.response_mask, entropy
                 else:
                     head.old_from_forward = True
             head.attach_normalizers(micro_batches)
@@ -137,7 +138,7 @@ def rl_steps(argv: list, runs: list, init_ckpt: str, save_root: str) -> list:
         distributed.destroy()
 
 
-def layout_micro_batches(batch: dict, spec) -> list:
+def layout_micro_batches(batch, spec) -> list:
     """This DP rank's micro-batches of ``batch``: ``spec`` an int (rows per micro-batch) or
     ``"t<N>..."`` (token budget of N tokens, training/packing.py)."""
     from megatron_hpt.training import packing

@@ -43,6 +43,11 @@ def test_context_parallel_needs_transformer_engine():
             "pip install -e .[gpu]", world_size=2)
 
 
+def test_context_parallel_needs_seq_length_multiple_of_2cp():
+    _expect(["--context-parallel-size", "3", "--seq-length", "32"],
+            "--seq-length 32 is not a multiple of 2 x --context-parallel-size = 6", world_size=3)
+
+
 def test_sequence_parallel_needs_transformer_engine():
     _expect(["--tensor-model-parallel-size", "2", "--sequence-parallel"], "--sequence-parallel",
             "Transformer Engine", world_size=2)

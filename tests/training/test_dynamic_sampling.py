@@ -46,13 +46,13 @@ def dapo_rows(max_rounds):
         items = task.source.items(0, 3 * max_rounds)
         task.engine = RoundEngine(tok, {tuple(it.prompt_ids): it.answer for it in items})
         mbs = task.micro_batches(0)
-        rows = torch.cat([mb["tokens"] for mb in mbs])
+        rows = torch.cat([mb.tokens for mb in mbs])
 
         def item_of(row):  # the drawn prompt this row continues
             return [k for k, it in enumerate(items)
                     if row[:len(it.prompt_ids)].tolist() == list(it.prompt_ids)][0]
         which = [item_of(rows[i]) for i in range(0, 12, 4)]
-        adv = torch.cat([mb["advantages"] for mb in mbs])
+        adv = torch.cat([mb.advantages for mb in mbs])
         return which, adv, task.reward_stats
     finally:
         distributed.destroy()

@@ -102,7 +102,8 @@ def rows_of_one_step(preset_name, correct, extra=()):
         problems = arithmetic.problems(cfg.seed, 0, 3)
         task.engine = ScriptedEngine(tok, [p.answer for p in problems], correct)
         mbs = task.micro_batches(0)
-        rows = {k: torch.cat([mb[k] for mb in mbs]) for k in mbs[0]}
+        from megatron_hpt.loss.batch import Batch
+        rows = Batch.cat(mbs).tensors()
         return rows, task.stats, [p.solution for p in problems], len(mbs)
     finally:
         distributed.destroy()
@@ -128,12 +129,12 @@ def test_hpt_rows_gate_rewards_and_advantages():
     # the demonstration row is the worked solution; old log-probs sit under the response labels
     from megatron_hpt.data.tokenizer import build_char_tokenizer
     tok = build_char_tokenizer()
-    demo = rows["labels"][n][rows["loss_mask"][n] > 0].tolist()
+    demo = rows["labels"][n][rows["response_mask"][n] > 0].tolist()
     assert tok.decode(demo, skip_special_tokens=True) == solutions[0]
-    first = rows["loss_mask"][0].nonzero().flatten()
+    first = rows["response_mask"][0].nonzero().flatten()
     assert rows["old_logprobs"][0][first].tolist() == pytest.approx(
         [-0.5 - 0.01 * t for t in range(len(first))])
-    assert (rows["old_logprobs"][0][rows["loss_mask"][0] == 0] == 0).all()
+    assert (rows["old_logprobs"][0][rows["response_mask"][0] == 0] == 0).all()
 
 
 def test_grpo_rows_have_no_demonstrations():
@@ -171,7 +172,7 @@ def losses_of_one_step(presets):
             g = torch.Generator().manual_seed(0)
             total, names = 0.0, set()
             for mb in mbs:
-                logits = torch.randn(*mb["tokens"].shape, cfg.shape.vocab_size, generator=g)
+                logits = torch.randn(*mb.tokens.shape, cfg.shape.vocab_size, generator=g)
                 loss, _, metrics = task.loss_fn(logits, mb)
                 total += float(loss)
                 names |= set(metrics)
