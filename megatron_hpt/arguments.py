@@ -118,6 +118,14 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--micro-batch-size", type=int, default=8)
     g.add_argument("--global-batch-size", type=int, default=None,
                    help="sequences per optimizer step (all micro-batches, all DP ranks)")
+    g.add_argument("--max-tokens-per-micro-batch", type=int, default=None,
+                   help="token budget of one micro-batch on one GPU (slime --max-tokens-per-gpu, "
+                        "verl ppo_max_token_len_per_gpu): rows are grouped by length (first-fit "
+                        "decreasing) instead of --micro-batch-size rows each, each micro-batch "
+                        "padded to its own longest row; at least --seq-length")
+    g.add_argument("--sequence-packing", action="store_true",
+                   help="with --max-tokens-per-micro-batch: concatenate a micro-batch's rows into "
+                        "one THD stream (PackedSeqParams, no padding); needs Transformer Engine")
     g.add_argument("--train-iters", type=int, default=100)
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--max-skipped-iterations", type=int, default=10,
@@ -138,6 +146,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "bounded by --reward-timeout per answer")
     g.add_argument("--reward-timeout", type=int, default=5,
                    help="seconds math-verify may spend parsing / comparing one answer")
+    g.add_argument("--reward-workers", type=int, default=0,
+                   help="grader processes on the first rank of each DP replica (0: grade in the trainer "
+                        "process); a grader past 3 x --reward-timeout + 2 s, or one that crashes, "
+                        "scores 0 (counted as `reward timeouts` / `reward failures`) and is replaced")
     g.add_argument("--use-cpu-initialization", action="store_true",
                    help="initialise full weights on CPU then split (same weights at any TP)")
 
@@ -231,6 +243,10 @@ class TrainingConfig:
     """Tokens per training sequence."""
     micro_batch_size: int = 8
     """Sequences per micro-batch on one DP rank."""
+    max_tokens_per_micro_batch: Optional[int] = None
+    """Token budget of one micro-batch (training/packing.py); None: micro_batch_size rows each."""
+    sequence_packing: bool = False
+    """Pack each budgeted micro-batch's rows into one THD stream (Transformer Engine)."""
     global_batch_size: int = 8
     """Sequences per optimizer step over all DP ranks."""
     train_iters: int = 100
@@ -252,6 +268,8 @@ class TrainingConfig:
     --reward-fn (None: by data source)."""
     reward_timeout: int = 5
     """Seconds math-verify may spend per answer."""
+    reward_workers: int = 0
+    """Grader processes (rewards/pool.py); 0 grades in the trainer process."""
     hf_model: Optional[str] = None
     """HF model directory the shape (and tokenizer) came from."""
     lr: float = 1e-4
@@ -362,7 +380,20 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
                       "keeps CUDA main-grad buffers); drop the flag on CPU")
     dp = world_size // max(1, tp * pp * cp)
     per_step = cfg.micro_batch_size * max(dp, 1)
-    if cfg.global_batch_size % per_step:
+    if cfg.max_tokens_per_micro_batch is not None and cfg.max_tokens_per_micro_batch < cfg.seq_length:
+        errors.append(f"--max-tokens-per-micro-batch {cfg.max_tokens_per_micro_batch} is less than "
+                      f"--seq-length {cfg.seq_length}: a full-length row would fit nowhere")
+    if cfg.sequence_packing and not cfg.max_tokens_per_micro_batch:
+        errors.append("--sequence-packing needs --max-tokens-per-micro-batch (the size of a pack)")
+    if cfg.sequence_packing and not (_te_available() and cuda_available()):
+        errors.append("--sequence-packing needs THD attention (Transformer Engine on CUDA); on "
+                      "this machine --max-tokens-per-micro-batch alone gives padded micro-batches")
+    if cfg.sequence_packing and cp > 1:
+        errors.append("--sequence-packing with --context-parallel-size > 1 is not supported "
+                      "(the THD stream is not split over CP ranks); drop one of them")
+    if cfg.reward_workers < 0:
+        errors.append(f"--reward-workers {cfg.reward_workers} must be >= 0")
+    if cfg.max_tokens_per_micro_batch is None and cfg.global_batch_size % per_step:
         errors.append(f"--global-batch-size {cfg.global_batch_size} is not divisible by "
                       f"--micro-batch-size x data-parallel size = {cfg.micro_batch_size}x{dp}")
     if cfg.seq_length > s.max_position_embeddings:
@@ -466,6 +497,9 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         data_path=args.data_path, hf_model=args.hf_model,
         data_skip_bad_rows=args.data_skip_bad_rows, eval_data_path=args.eval_data_path,
         reward_type=args.reward_type, reward_timeout=args.reward_timeout,
+        reward_workers=args.reward_workers,
+        max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
+        sequence_packing=args.sequence_packing,
         lr=args.lr, min_lr=args.min_lr, lr_decay_style=args.lr_decay_style,
         lr_warmup_iters=args.lr_warmup_iters, lr_decay_iters=args.lr_decay_iters,
         optimizer=args.optimizer, weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,

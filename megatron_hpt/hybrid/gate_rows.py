@@ -8,10 +8,7 @@ weights; ``gated_rows`` turns the zero-weight rows into removed rows, so they co
 normaliser (RL/SFT/entropy tokens, sequences) and cost no forward pass. Soft mode keeps every
 row with a non-zero weight in some term.
 
-``mini_batches`` cuts a rank's rows into optimizer-step mini-batches of whole prompts and those
-into micro-batches of at most ``micro_batch_size`` rows. With pipeline parallelism every
-micro-batch must have the same shape, so the last one is filled with empty rows (loss mask
-0: they count nowhere either).
+``update_rows`` gives the rows of each optimizer-step mini-batch of whole prompts.
 """
 from __future__ import annotations
 
@@ -44,41 +41,17 @@ def gated_rows(rows: Batch) -> Batch:
     return rows.select(torch.nonzero(keep).flatten())
 
 
-def _empty_rows(rows: Batch, count: int, pad_token_id: int) -> Batch:
-    """``count`` rows that count nowhere: pad tokens, loss mask 0, weights 0, not demos."""
-    out = {}
-    for k, v in rows.tensors().items():
-        fill = torch.zeros((count,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device)
-        if k in ("tokens", "labels"):
-            fill.fill_(pad_token_id)
-        if k == "position_ids":
-            fill = v[:1].expand(count, *v.shape[1:]).clone()
-        if k == "prompt_index":
-            fill.fill_(-1)
-        out[k] = fill
-    return rows.replace(**out)
-
-
-def mini_batches(rows: Batch, num_prompts: int, updates: int, micro_batch_size: int,
-                 pad_token_id: int, fill_last: bool) -> List[List[Batch]]:
-    """Rows -> ``updates`` mini-batches (whole prompts) -> micro-batches.
+def update_rows(rows: Batch, num_prompts: int, updates: int) -> List[List[int]]:
+    """Row indices of each of the ``updates`` optimizer-step mini-batches of whole prompts.
 
     rows: this rank's rows with ``prompt_index`` [N] (0..num_prompts−1, rows of a prompt
-    together, prompts in order). Mini-batch u holds prompts [u·P/updates, (u+1)·P/updates).
-    fill_last: pad each mini-batch's last micro-batch to ``micro_batch_size`` with empty rows
-    (pipeline parallelism needs equal shapes).
+    together, prompts in order). Mini-batch u holds prompts [u·P/updates, (u+1)·P/updates);
+    the trainer cuts each into micro-batches (training/packing.py).
     """
     if num_prompts % updates:
         raise ValueError(f"{num_prompts} prompts per rank do not split into {updates} "
                          "optimizer steps (--rollout-batch-size / --global-batch-size)")
     per_update = num_prompts // updates
     prompt = rows.prompt_index
-    out = []
-    for u in range(updates):
-        sel = (prompt >= u * per_update) & (prompt < (u + 1) * per_update)
-        micro = rows.select(torch.nonzero(sel).flatten()).split(micro_batch_size)
-        short = micro_batch_size - micro[-1].num_rows if micro else 0
-        if fill_last and short > 0:
-            micro[-1] = Batch.cat([micro[-1], _empty_rows(micro[-1], short, pad_token_id)])
-        out.append(micro)
-    return out
+    return [torch.nonzero((prompt >= u * per_update) & (prompt < (u + 1) * per_update))
+            .flatten().tolist() for u in range(updates)]

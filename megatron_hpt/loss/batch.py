@@ -65,6 +65,10 @@ class Batch:
     """[B] long: the row's prompt within its rollout batch (whole-prompt mini-batches)."""
     mu: Optional[float] = None
     """CHORD/EGSPO mixing weight μ of this optimizer step (a scalar, not per row)."""
+    cu_seqlens: Optional[torch.Tensor] = None
+    """[B + 1] int32: row boundaries of a packed (THD) micro-batch, whose tokens / labels /
+    position_ids are one stream [1, Σ lengths] while the other fields stay [B, T]
+    (training/packing.py); None for a padded micro-batch."""
 
     # ------------------------------------------------------------------ fields
     def tensors(self) -> dict:

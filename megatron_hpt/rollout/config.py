@@ -32,6 +32,10 @@ def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
                    help="old log-probs: the engine's sampled-token log-probs, or one forward pass "
                         "of the training model (auto: recompute for vllm, whose kernels and "
                         "precision differ from training; engine for embedded, the same model)")
+    g.add_argument("--max-rollout-rounds", type=int, default=4,
+                   help="DAPO dynamic sampling (presets with filter_groups, e.g. dapo): at most "
+                        "this many rounds of --rollout-batch-size prompts per step to replace "
+                        "groups whose rewards are all equal")
     g.add_argument("--hpt-gate", type=int, default=0,
                    help="HPT switch mode: a prompt with <= this many correct rollouts takes the "
                         "SFT branch (0 for Qwen, 2 for Llama in the paper)")
@@ -68,6 +72,8 @@ class RolloutConfig:
     old_logprobs: str = "engine"
     """engine (sampled-token log-probs reported by the engine) or recompute (a forward pass of
     the training model before the update)."""
+    max_rollout_rounds: int = 4
+    """DAPO dynamic sampling: most rounds of prompts drawn per step (training/dynamic_sampling.py)."""
 
 
 def rollout_config_from_args(args: argparse.Namespace) -> RolloutConfig:
@@ -78,6 +84,7 @@ def rollout_config_from_args(args: argparse.Namespace) -> RolloutConfig:
         batch_size=args.rollout_batch_size, n_samples_per_prompt=args.n_samples_per_prompt,
         temperature=args.rollout_temperature, top_p=args.rollout_top_p, top_k=args.rollout_top_k,
         max_response_len=args.rollout_max_response_len, hpt_gate=args.hpt_gate,
+        max_rollout_rounds=args.max_rollout_rounds,
         hpt_mode=args.hpt_mode or ("switch" if args.loss_preset.startswith("hpt") else "off"),
         old_logprobs=_auto_old_logprobs(args.rollout_engine)
         if args.rollout_logprobs == "auto" else args.rollout_logprobs)
@@ -128,6 +135,8 @@ def rl_config_errors(cfg, pp: int, dp: int) -> List[str]:
                       f"or that divided by a number of updates that divides each DP rank's "
                       f"prompts (mini-batches of whole groups of {per_prompt} rows); drop the "
                       f"flag for one update per rollout batch")
+    if ro.max_rollout_rounds < 1:
+        errors.append(f"--max-rollout-rounds {ro.max_rollout_rounds} must be >= 1")
     if ro.hpt_mode == "soft" and cfg.loss.demo_rl_coef == 0:
         errors.append("--hpt-mode soft trains the demonstrations off-policy too: add "
                       "--loss-demo-rl-coef 1")

@@ -15,6 +15,7 @@ from megatron.core import parallel_state
 
 from megatron_hpt.loss import LossConfig, compute_normalizers, policy_loss, vocab_parallel_logprob_entropy
 from megatron_hpt.loss.batch import Batch
+from megatron_hpt.training.packing import to_rows
 
 #: metrics that are pre-divided by global normalizers: summed over micro-batches and DP ranks
 ADDITIVE_METRICS = ("lm loss", "pg_loss", "sft_loss", "entropy_loss", "kl_loss")
@@ -35,6 +36,10 @@ class LossHead:
         self.cfg, self.temperature = cfg, temperature
         self.uses_entropy_grad = cfg.entropy_coef > 0
         self.additive_metrics = ADDITIVE_METRICS
+        #: π_old is the current policy (one update per rollout batch, no pass needed before the
+        #: step): old log-probs and π_old's entropy are the detached values of this forward;
+        #: the micro-batch's ``old_logprobs`` (the engine's) only feed `rollout logprob gap`
+        self.old_from_forward = False
         self.normalizers = None
 
     def attach_normalizers(self, micro_batches: List[Batch]) -> None:
@@ -53,6 +58,13 @@ class LossHead:
         logprobs, entropy = vocab_parallel_logprob_entropy(
             logits, batch.labels, temperature=self.temperature,
             group=parallel_state.get_tensor_model_parallel_group(), with_entropy=True)
+        logprobs, entropy = to_rows(batch, logprobs), to_rows(batch, entropy)
+        gap = {}
+        if self.old_from_forward:  # π_old is this forward's policy (training/old_policy.py)
+            if batch.old_logprobs is not None:
+                gap = {"rollout logprob gap": _gap(batch, logprobs.detach())}
+            batch = batch.replace(old_logprobs=logprobs.detach() * batch.response_mask,
+                                  old_entropy=entropy.detach())
         extras = {}
         if self.uses_entropy_grad:
             extras["entropy"] = entropy
@@ -62,4 +74,13 @@ class LossHead:
                                     normalizers=self.normalizers,
                                     cp_group=context_parallel_group(), **extras)
         metrics["lm loss"] = metrics.pop("loss")
+        metrics.update(gap)
         return loss, batch.response_mask.sum().int(), metrics
+
+
+def _gap(batch: Batch, logprobs: torch.Tensor) -> torch.Tensor:
+    """Mean |engine log-prob − training log-prob| over the micro-batch's rollout tokens."""
+    mask = batch.response_mask
+    rollout = mask if batch.is_demo is None else mask * (~batch.is_demo.bool())[:, None].to(mask.dtype)
+    diff = (logprobs * mask - batch.old_logprobs).abs() * rollout
+    return diff.sum() / rollout.sum().clamp(min=1)

@@ -7,13 +7,18 @@ batch, on each data-parallel replica:
     prompts      this replica's --rollout-batch-size / DP prompts of the step (data/prompts.py)
     rollouts     --n-samples-per-prompt samples each from the rollout engine, with the log-prob
                  of every sampled token
-    old logprobs one update per rollout batch, so π_old is the policy that sampled: the engine's
-                 log-probs (embedded engine: the training model itself, equal to fp32
-                 round-off, tested in tests/rollout) or, by default for vLLM, one forward pass
-                 of the training model (--rollout-logprobs recompute); the mean gap between the
-                 two is logged as `rollout logprob gap`
+    old logprobs π_old is the policy that sampled. With one update per rollout batch it is the
+                 training model itself: its log-probs and entropy are the detached values of
+                 the training forward (no extra pass; training/old_policy.py), unless vLLM's own
+                 log-probs are asked for (--rollout-logprobs engine). A forward-only pass runs
+                 before the first update only where it changes the result: several updates,
+                 KL in the reward, EGSPO's batch-entropy gate. The mean gap between the
+                 engine's and the training model's log-probs is logged as `rollout logprob gap`
+    dynamic      presets with filter_groups (dapo): all-equal groups dropped, prompts redrawn
+    sampling     (training/dynamic_sampling.py)
     rewards      1 for a correct final answer, else 0 (rewards/: builtin exact match, or
-                 math-verify for data files)
+                 math-verify for data files), graded once per replica, in --reward-workers
+                 processes (training/grading.py, rewards/pool.py)
     gate         HPT: per prompt, from its number of correct rollouts (hybrid/hpt_gate.py)
     reference    with a KL term (--loss-kl-coef > 0): log-probs of a frozen copy of the
                  starting policy (as loss, k1/k2/k3, or in the reward for REINFORCE++)
@@ -39,13 +44,18 @@ from megatron_hpt.rollout.config import rows_per_rollout, uses_demonstrations
 from megatron_hpt.data.prompts import PromptSource
 from megatron_hpt.data.sft_batch import sft_rows
 from megatron_hpt.hybrid import hpt_branch_coefficients
-from megatron_hpt.hybrid.gate_rows import chord_step, gated_rows, mini_batches as cut_mini_batches
+from megatron_hpt.hybrid.gate_rows import chord_step, gated_rows, update_rows
 from megatron_hpt.loss import compute_advantages, mu_at_step
 from megatron_hpt.loss.batch import Batch
 from megatron_hpt.rollout import SamplingParams
 from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rollout.trainer_engine import TrainerEngine
+from megatron_hpt.rewards.pool import RewardPool
+from megatron_hpt.training import packing
+from megatron_hpt.training.dynamic_sampling import fill_batch
+from megatron_hpt.training.grading import grade_replica
 from megatron_hpt.training.loss_head import LossHead
+from megatron_hpt.training.old_policy import needs_entropy_early, old_logprob_source
 from megatron_hpt.training.setup import build_reference_model
 from megatron_hpt.training.step import forward_logprobs
 from megatron_hpt.training.held_out import greedy_accuracy
@@ -80,6 +90,7 @@ class RlTask:
         self.cfg, self.tokenizer, self.model, self.source = cfg, tokenizer, model, source
         self.with_demos = uses_demonstrations(cfg)
         self.reward = reward_fn(cfg.reward_type or self.source.default_reward, cfg.reward_timeout)
+        self._pool, self.reward_stats = None, {}
         self.loss_fn = LossHead(cfg.loss, temperature=cfg.rollout.temperature or 1.0)
         self.engine = TrainerEngine(cfg, model, tokenizer)
         self.stats: Dict[str, float] = {}
@@ -108,23 +119,17 @@ class RlTask:
         """Rollout batch ``index``: this rank's rows, cut into ``updates`` mini-batches (whole
         prompt groups each) of micro-batches; old log-probs taken before the first update."""
         cfg, ro, tok = self.cfg, self.cfg.rollout, self.tokenizer
-        dp_rank = parallel_state.get_data_parallel_rank()
         per_rank = ro.batch_size // parallel_state.get_data_parallel_world_size()
-        problems = self.source.items(index * ro.batch_size + dp_rank * per_rank, per_rank)
-        prompt_ids = [p.prompt_ids for p in problems]
-        room = cfg.seq_length + 1 - max(map(len, prompt_ids))
-        if room < 1:
-            raise ValueError(f"{cfg.data_path}: a prompt of rollout batch {index} is "
-                             f"{max(map(len, prompt_ids))} tokens, longer than --seq-length")
-        sampling = SamplingParams(
-            temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
-            max_new_tokens=min(ro.max_response_len or room, room),
-            eos_token_ids=(tok.eos_token_id,),
-            seed=self.engine.data_parallel_seed(cfg.seed, index))
-        samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
-
         n = ro.n_samples_per_prompt
-        rewards = torch.tensor([self._grade(s, problems, index) for s in samples])
+        self.reward_stats = {}
+        if cfg.loss.filter_groups:  # DAPO dynamic sampling: draws index * R + round
+            rounds = ro.max_rollout_rounds
+            problems, samples, rewards, filtered = fill_batch(
+                lambda r: self._draw(index * rounds + r, per_rank), per_rank, n, rounds,
+                parallel_state.get_data_parallel_group())
+            self.reward_stats.update(filtered)
+        else:
+            problems, samples, rewards = self._draw(index, per_rank)
         correct = rewards.view(per_rank, n).sum(dim=1)
         branch = hpt_branch_coefficients(correct, n, ro.hpt_gate, ro.hpt_mode)
 
@@ -151,47 +156,76 @@ class RlTask:
             prompt_index=torch.arange(per_rank)[:, None].expand(per_rank, per_row).reshape(-1))
         device = platform.device()
         rows = rows.to(device)  # the one move of the step's rows: everything below is on device
-        # rows the gate switches off are removed, not kept at weight 0 (hybrid/gate_rows.py)
-        mini_batches = cut_mini_batches(
-            gated_rows(rows), per_rank, self.updates, cfg.micro_batch_size, tok.pad_token_id,
-            fill_last=parallel_state.get_pipeline_model_parallel_world_size() > 1)
+        # rows the gate switches off are removed, not kept at weight 0 (hybrid/gate_rows.py);
+        # mini-batches of whole prompts, each cut into micro-batches (fixed size or by token
+        # budget, training/packing.py); ``row_index``: each micro-batch's rows in ``rows``
+        rows = gated_rows(rows)
+        n_rows = rows.num_rows
+        mini_batches, row_index = [], []
+        for idx in update_rows(rows, per_rank, self.updates):
+            sub = []
+            mini_batches.append(packing.micro_batches(rows.select(idx), cfg, sub))
+            row_index += [[idx[i] for i in s] for s in sub]
         flat = [mb for mini in mini_batches for mb in mini]
-        gate_needs_entropy = cfg.loss.egspo_gate_mode in ("quantile", "soft")  # τ_B of the batch
-        if ro.old_logprobs == "recompute" or self.updates > 1 or gate_needs_entropy:
+        source = old_logprob_source(cfg, self.updates, self.reference is not None)
+        self.loss_fn.old_from_forward = source == "forward"
+        if source == "pass" or (source == "engine" and needs_entropy_early(cfg.loss)):
             # with several updates the head's own entropy would be the moved policy's: take
             # π_old's log-probs and entropy before the first update
-            self._recompute_old_logprobs(flat)
+            self._recompute_old_logprobs(flat, entropy_only=source == "engine")
         if self.reference is not None:
             self._reference_logprobs(flat)
         # advantages last: KL-in-reward (REINFORCE++) reads the old and reference log-probs
         extras = {}
         if cfg.loss.kl_mode == "reward" and self.reference is not None and flat[0].ref_logprobs is not None:
-            extras = {k: torch.cat([getattr(mb, k) for mb in flat]) for k in ("old_logprobs", "ref_logprobs")}
-
-        def cat(key):
-            return torch.cat([getattr(mb, key) for mb in flat])
+            extras = {k: packing.unpack([getattr(mb, k) for mb in flat], row_index, n_rows,
+                                        cfg.seq_length) for k in ("old_logprobs", "ref_logprobs")}
         advantages = compute_advantages(
-            cat("rewards"), cat("prompt_index"), cfg.loss, is_demo=cat("is_demo"),
-            response_mask=cat("response_mask"),
+            rows.rewards, rows.prompt_index, cfg.loss, is_demo=rows.is_demo,
+            response_mask=rows.response_mask,
             group=parallel_state.get_data_parallel_group(), **extras).float()
-        offset = 0
-        for mb in flat:
-            mb.advantages = advantages[offset:offset + mb.num_rows]
-            offset += mb.num_rows
+        for idx, mb in zip(row_index, flat):
+            adv = advantages[torch.tensor(idx, device=advantages.device)]
+            mb.advantages = adv[:, :mb.response_mask.shape[1]] if adv.dim() == 2 else adv
         self._record(rewards, branch.sft_share, rollouts.response_mask.sum(1), samples)
         return mini_batches
 
-    def _grade(self, sample, problems, index: int) -> float:
-        """The reward of one rollout; a grader that crashes stops the run naming the prompt."""
-        try:
-            return self.reward(self.tokenizer.decode(sample.response_token_ids,
-                                                     skip_special_tokens=True),
-                               problems[sample.prompt_index].answer)
-        except Exception as e:  # noqa: BLE001 - any grader failure, reported with its context
-            raise RuntimeError(f"the reward grader failed on rollout batch {index}, prompt "
-                               f"{sample.prompt_index} of this rank (answer "
-                               f"{problems[sample.prompt_index].answer!r}): "
-                               f"{type(e).__name__}: {e}") from e
+    def _draw(self, index: int, per_rank: int):
+        """Prompts ``index`` of this replica, their rollouts and rewards (graded once)."""
+        cfg, ro, tok = self.cfg, self.cfg.rollout, self.tokenizer
+        dp_rank = parallel_state.get_data_parallel_rank()
+        problems = self.source.items(index * ro.batch_size + dp_rank * per_rank, per_rank)
+        prompt_ids = [p.prompt_ids for p in problems]
+        room = cfg.seq_length + 1 - max(map(len, prompt_ids))
+        if room < 1:
+            raise ValueError(f"{cfg.data_path}: a prompt of rollout batch {index} is "
+                             f"{max(map(len, prompt_ids))} tokens, longer than --seq-length")
+        sampling = SamplingParams(
+            temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
+            max_new_tokens=min(ro.max_response_len or room, room),
+            eos_token_ids=(tok.eos_token_id,),
+            seed=self.engine.data_parallel_seed(cfg.seed, index))
+        samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
+        rewards, counts, raised = grade_replica(
+            self._reward_pool, lambda: [(tok.decode(s.response_token_ids, skip_special_tokens=True),
+                                         problems[s.prompt_index].answer) for s in samples],
+            len(samples))
+        if raised is not None:  # a grader bug stops the run naming the answer
+            j = samples[raised[0]].prompt_index
+            raise RuntimeError(f"the reward grader failed on rollout batch {index}, prompt {j} "
+                               f"of this rank (answer {problems[j].answer!r}): "
+                               f"{raised[1] or 'see the grading rank of this replica'}")
+        for k, v in counts.items():
+            self.reward_stats[k] = self.reward_stats.get(k, 0.0) + v
+        return problems, samples, rewards
+
+    def _reward_pool(self) -> RewardPool:
+        """The grader pool, started on first use (only grading ranks use it)."""
+        if self._pool is None:
+            self._pool = RewardPool(self.cfg.reward_type or self.source.default_reward,
+                                    self.cfg.reward_timeout, self.cfg.reward_workers,
+                                    inline_fn=self.reward)
+        return self._pool
 
     def _reference_logprobs(self, micro_batches) -> None:
         """Log-probs of the frozen reference policy for the KL terms (last pipeline stage)."""
@@ -200,9 +234,10 @@ class RlTask:
         for mb, (logprobs, _) in zip(micro_batches, ref):
             mb.ref_logprobs = logprobs * mb.response_mask
 
-    def _recompute_old_logprobs(self, micro_batches) -> None:
+    def _recompute_old_logprobs(self, micro_batches, entropy_only: bool = False) -> None:
         """Replace the engine's log-probs by the training model's (last pipeline stage, where the
-        loss runs) and log the mean absolute gap over rollout tokens."""
+        loss runs) and log the mean absolute gap over rollout tokens; ``entropy_only``: keep the
+        engine's log-probs, take π_old's entropy (training/old_policy.py)."""
         fresh = forward_logprobs(self.model, micro_batches, self.cfg.seq_length,
                                  self.cfg.rollout.temperature or 1.0)
         if not fresh:
@@ -212,7 +247,8 @@ class RlTask:
             rollout_tokens = mb.response_mask * (~mb.is_demo)[:, None].float()
             gap += torch.stack([((logprobs - mb.old_logprobs).abs() * rollout_tokens).sum(),
                                 rollout_tokens.sum()]).double()
-            mb.old_logprobs = logprobs * mb.response_mask
+            if not entropy_only:
+                mb.old_logprobs = logprobs * mb.response_mask
             mb.old_entropy = entropy  # EGSPO's gate and SRFT's weights read π_old's entropy
         dist.all_reduce(gap, group=parallel_state.get_data_parallel_group())
         self.stats_extra = {"rollout logprob gap": float(gap[0] / gap[1].clamp(min=1))}
@@ -240,6 +276,7 @@ class RlTask:
         self.stats = {"reward": float(local[0]), "sft share": float(local[1]),
                       "response length": float(local[2]), "truncated": float(local[3])}
         self.stats.update(self.stats_extra)
+        self.stats.update(self.reward_stats)
 
     # ------------------------------------------------------------------ resume (resume.py)
     def state_dict(self) -> Dict[str, object]:
@@ -277,3 +314,5 @@ class RlTask:
             return self.evaluate(model)
         finally:
             self.engine.shutdown()
+            if self._pool is not None:
+                self._pool.close()

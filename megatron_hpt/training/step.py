@@ -20,6 +20,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_hpt.loss.batch import Batch, cp_unshard
 from megatron_hpt.training.grad_skip import over_grad_norm_limit
+from megatron_hpt.training.packing import packed_seq_params, schedule_shape, to_rows
 from megatron_hpt.training.nonfinite import guarded_optimizer_step
 
 #: (logits [b, s, V/TP], micro_batch) -> (loss scalar, local token count, {name: tensor})
@@ -39,7 +40,8 @@ def _forward_step(loss_fn: LossFn, data_iterator, model):
     """megatron forward_step_func: run one micro-batch (already on the device) through this
     stage; with CP, this rank's token shard of it."""
     batch = this_cp_rank_share(next(data_iterator))
-    logits = model(batch.tokens, batch.position_ids, None)
+    logits = model(batch.tokens, batch.position_ids, None,
+                   packed_seq_params=packed_seq_params(batch))
     # Non-last stages return the hidden states for the next stage; the loss is only applied last.
     return logits, partial(_loss_func, loss_fn, batch)
 
@@ -115,13 +117,14 @@ def forward_backward(model, micro_batches: List[Batch], loss_fn: LossFn,
                      additive=("lm loss",)) -> Dict[str, float]:
     """Forward (and backward) over this rank's micro-batches; returns globally reduced metrics
     (on the last pipeline stage; {} elsewhere)."""
+    seq_length, micro_batch_size = schedule_shape(model, micro_batches, seq_length)
     outputs = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, loss_fn),
         data_iterator=_iterators(micro_batches, model),
         model=model,
         num_microbatches=len(micro_batches),
         seq_length=seq_length,
-        micro_batch_size=micro_batches[0].num_rows,
+        micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
     return reduce_metrics(outputs, additive)
@@ -130,14 +133,16 @@ def forward_backward(model, micro_batches: List[Batch], loss_fn: LossFn,
 def _logprob_forward_step(temperature: float, data_iterator, model):
     """forward_step_func of ``forward_logprobs``: per-token log-probs of the labels and entropy."""
     batch = this_cp_rank_share(next(data_iterator))
-    logits = model(batch.tokens, batch.position_ids, None)
+    logits = model(batch.tokens, batch.position_ids, None,
+                   packed_seq_params=packed_seq_params(batch))
 
     def collect(output, non_loss_data=True):
         from megatron_hpt.loss import vocab_parallel_logprob_entropy
         logprobs, entropy = vocab_parallel_logprob_entropy(
             output, batch.labels, temperature=temperature,
             group=parallel_state.get_tensor_model_parallel_group(), with_entropy=True)
-        return _cp_gather(logprobs.detach().float()), _cp_gather(entropy.detach().float())
+        return (to_rows(batch, _cp_gather(logprobs.detach().float())),
+                to_rows(batch, _cp_gather(entropy.detach().float())))
     return logits, collect
 
 
@@ -163,13 +168,14 @@ def forward_logprobs(model, micro_batches: List[Batch], seq_length: int,
     was_training = [chunk.training for chunk in model]
     for chunk in model:
         chunk.eval()
+    seq_length, micro_batch_size = schedule_shape(model, micro_batches, seq_length)
     try:
         with torch.no_grad():
             out = get_forward_backward_func()(
                 forward_step_func=partial(_logprob_forward_step, temperature),
                 data_iterator=_iterators(micro_batches, model), model=model,
                 num_microbatches=len(micro_batches), seq_length=seq_length,
-                micro_batch_size=micro_batches[0].num_rows,
+                micro_batch_size=micro_batch_size,
                 forward_only=True, collect_non_loss_data=True)
     finally:
         for chunk, flag in zip(model, was_training):
@@ -204,4 +210,5 @@ def train_step(model, optimizer, scheduler, micro_batches, loss_fn: LossFn, seq_
                    lr=optimizer.param_groups[0]["lr"], skipped=0.0 if update_successful else 1.0)
     if skip_grad_norm_above is not None:
         metrics["skipped grad norm"] = float(over_grad_norm_limit(grad_norm, skip_grad_norm_above))
+    metrics["micro batches"] = float(len(micro_batches))  # this rank's (token budget: varies)
     return metrics

@@ -45,9 +45,10 @@ class SftTask:
 
     def micro_batches(self, iteration: int) -> List[Batch]:
         """This DP rank's share of the global batch, moved to the device once, cut into
-        micro-batches."""
-        return split_for_rank(self.global_batch(iteration), self.cfg.micro_batch_size,
-                              device=platform.device())
+        micro-batches (fixed size, or by token budget: training/packing.py)."""
+        from megatron_hpt.training import packing
+        rows = split_for_rank(self.global_batch(iteration), 1 << 62, device=platform.device())[0]
+        return packing.micro_batches(rows, self.cfg)
 
     def attach_normalizers(self, micro_batches: List[Batch]) -> None:
         """SPEC §6: global denominators, computed once per step, shared by all micro-batches."""

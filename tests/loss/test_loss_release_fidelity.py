@@ -16,7 +16,7 @@ import torch
 import megatron_hpt.loss as L
 from megatron_hpt.hybrid import hpt_branch_coefficients
 from megatron_hpt.loss.batch import Batch
-from megatron_hpt.hybrid.gate_rows import chord_step, gated_rows, mini_batches
+from megatron_hpt.hybrid.gate_rows import chord_step, gated_rows, update_rows
 
 N, T, L_MAX = 4, 6, 16
 CORRECT = [0, 4, 1, 3, 0, 2]  # all-wrong (gated at 0), all-correct, mixed
@@ -66,7 +66,7 @@ def project_loss(cfg, step, gate=None, micro=5, extra=None):
                             sft_weight=per(br.sft) * step["is_demo"],
                             demo_rl_weight=per(br.off_policy) * 0)
         rows = gated_rows(rows)
-    mbs = mini_batches(rows, len(CORRECT), 1, micro, 0, fill_last=False)[0]
+    mbs = rows.select(update_rows(rows, len(CORRECT), 1)[0]).split(micro)
     cat = lambda k: torch.cat([getattr(mb, k) for mb in mbs])  # noqa: E731
     adv = L.compute_advantages(cat("rewards"), cat("prompt_index"), cfg, is_demo=cat("is_demo"))
     keys = ("is_demo", "on_policy_weight", "sft_weight", "demo_rl_weight")

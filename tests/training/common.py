@@ -73,6 +73,8 @@ def synthetic_rl_batch(preset_name: str, seq_length: int = 32, vocab: int = 80, 
                   position_ids=pos.expand(n, seq_length).contiguous(),
                   old_logprobs=-3.0 - torch.rand(n, seq_length, generator=g))
     cfg = preset(preset_name)
+    if preset_name == "egspo":  # π_old's entropies: the batch-quantile gate reads them
+        batch.old_entropy = 0.5 + 2.0 * torch.rand(n, seq_length, generator=g)
     if preset_name == "luffy":  # one demonstration per group, inside the group statistics
         is_demo[[3, 7]] = True
         rewards[[3, 7]] = 1.0
@@ -95,13 +97,13 @@ def rl_steps(argv: list, runs: list, init_ckpt: str, save_root: str) -> list:
     ``save_root/<preset>_mb<size>``. Returns the global losses (from the last rank)."""
     import os
     from megatron_hpt.arguments import build_config, build_parser
-    from megatron_hpt.loss import preset
+    from megatron_hpt.loss import mu_at_step, preset
     from megatron_hpt.training import distributed
     from megatron_hpt.training.batches import split_for_rank
     from megatron_hpt.training.checkpoint import load_checkpoint, save_checkpoint
     from megatron_hpt.training.loss_head import LossHead
     from megatron_hpt.training.setup import build_model, build_optimizer
-    from megatron_hpt.training.step import train_step
+    from megatron_hpt.training.step import forward_logprobs, train_step
     import torch.distributed as dist
 
     args = build_parser().parse_args(argv)
@@ -115,7 +117,18 @@ def rl_steps(argv: list, runs: list, init_ckpt: str, save_root: str) -> list:
             optimizer, scheduler = build_optimizer(cfg, model)
             load_checkpoint(init_ckpt, model, finetune=True)
             head = LossHead(preset(preset_name))
-            micro_batches = split_for_rank(synthetic_rl_batch(preset_name), micro_batch_size)
+            micro_batches = layout_micro_batches(synthetic_rl_batch(preset_name), micro_batch_size)
+            if head.cfg.mu_schedule != "none":  # the SFT mixing weight μ of step 0 (EGSPO)
+                for mb in micro_batches:
+                    mb.mu = mu_at_step(0, head.cfg)
+            if str(micro_batch_size).endswith(("_recompute", "_forward")):
+                # π_old = the current policy: a recompute pass, or the training forward itself
+                if micro_batch_size.endswith("_recompute"):
+                    fresh = forward_logprobs(model, micro_batches, cfg.seq_length)
+                    for mb, (logprobs, entropy) in zip(micro_batches, fresh):
+                        mb.old_logprobs, mb.old_entropy = logprobs * mb.response_mask, entropy
+                else:
+                    head.old_from_forward = True
             head.attach_normalizers(micro_batches)
             metrics = train_step(model, optimizer, scheduler, micro_batches, head, cfg.seq_length)
             save_checkpoint(os.path.join(save_root, f"{preset_name}_mb{micro_batch_size}"), 1, model)
@@ -123,6 +136,19 @@ def rl_steps(argv: list, runs: list, init_ckpt: str, save_root: str) -> list:
         return losses if dist.get_rank() == dist.get_world_size() - 1 else None
     finally:
         distributed.destroy()
+
+
+def layout_micro_batches(batch, spec) -> list:
+    """This DP rank's micro-batches of ``batch``: ``spec`` an int (rows per micro-batch) or
+    ``"t<N>..."`` (token budget of N tokens, training/packing.py)."""
+    from megatron_hpt.training import packing
+    from megatron_hpt.training.batches import split_for_rank
+
+    if isinstance(spec, int):
+        return split_for_rank(batch, spec)
+    budget = int(str(spec)[1:].split("_")[0])
+    rows = split_for_rank(batch, 1 << 62)[0]
+    return packing.build(rows, packing.plan(rows, 1, budget), True)
 
 
 def many_full_weights(ckpt_roots: list) -> list:

@@ -117,3 +117,15 @@ def test_rollout_prompts_must_split_over_dp():
 def test_soft_gate_needs_demo_rl_term():
     _expect(RL + ["--hpt-mode", "soft"], "--loss-demo-rl-coef 1")
 
+
+
+def test_token_budget_packing_and_reward_flags():
+    assert _config(["--max-tokens-per-micro-batch", "64"]).max_tokens_per_micro_batch == 64
+    _expect(["--max-tokens-per-micro-batch", "16"], "--max-tokens-per-micro-batch 16 is less than "
+            "--seq-length 32")
+    _expect(["--sequence-packing"], "--sequence-packing needs --max-tokens-per-micro-batch")
+    _expect(["--sequence-packing", "--max-tokens-per-micro-batch", "64"],
+            "--sequence-packing needs THD attention (Transformer Engine on CUDA)")
+    _expect(["--reward-workers", "-1"], "--reward-workers -1 must be >= 0")
+    _expect(["--loss-preset", "dapo", "--max-rollout-rounds", "0"],
+            "--max-rollout-rounds 0 must be >= 1")

@@ -1,6 +1,9 @@
-"""SPEC §6 at model level: one optimizer step's gradient is the same for 1, 2 and 4 micro-batches
-and for TP=1, TP=2 and DP=2, for grpo, hpt_clean and luffy; the faithful `hpt` preset keeps the
-released per-micro-batch SFT token-mean, so its gradient changes with the split.
+"""SPEC §6 at model level: one optimizer step's gradient is the same for 1, 2 and 4 micro-batches,
+for token-budget micro-batches (``t<N>``: rows grouped by length, each micro-batch cut to its
+longest row, training/packing.py) and for TP=1, TP=2 and DP=2, for grpo, hpt_clean, luffy and
+egspo; the faithful `hpt` preset keeps the released per-micro-batch SFT token-mean, so its
+gradient changes with the split. Old log-probs taken from the training forward
+(``LossHead.old_from_forward``) give the gradient of a recompute pass.
 
 The gradient is read back as the weight change of one SGD step with lr 1000 (no momentum state,
 no clipping, no weight decay), loaded from each run's checkpoint at TP=1. All runs of one layout
@@ -14,10 +17,14 @@ from training.common import TINY_MODEL, layout, many_full_weights, rl_steps, sav
 
 SGD = ["--optimizer", "sgd", "--lr", "1000", "--clip-grad", "0", "--weight-decay", "0",
        "--global-batch-size", "8", "--seed", "7", "--micro-batch-size", "2"]
-INVARIANT = ["grpo", "hpt_clean", "luffy"]
-LAYOUTS = {"tp1": (1, 1), "tp2": (2, 2), "dp2": (1, 2)}  # name: (tp, world size)
+INVARIANT = ["grpo", "hpt_clean", "luffy", "egspo"]
+LAYOUTS = {"tp1": (1, 1, 1), "tp2": (2, 1, 2), "dp2": (1, 1, 2), "pp2": (1, 2, 2)}  # (tp, pp, world)
 # (layout, micro-batch size) per run; at DP=2 each rank holds 4 rows, so mb 2 is a 2-way split
-RUNS = [("tp1", 8), ("tp1", 4), ("tp1", 2), ("tp2", 2), ("dp2", 2)]
+# token budgets: "t64" puts the 8 rows (7..32 tokens) into 4 micro-batches of mixed shapes
+RUNS = [("tp1", 8), ("tp1", 4), ("tp1", 2), ("tp1", "t64"), ("tp2", 2), ("tp2", "t64"),
+        ("dp2", 2), ("dp2", "t40"), ("pp2", "t64")]  # PP: stages exchange each shape
+#: π_old = current policy: recompute pass vs detached training forward (same budget layout)
+OLD_FROM_FORWARD = ["grpo", "luffy"]
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +34,13 @@ def steps(tmp_path_factory):
     init = os.path.join(root, "init")
     run_distributed(save_initial_weights, 1, init)
     jobs = {}
-    for name, (tp, world) in LAYOUTS.items():
+    for name, (tp, pp, world) in LAYOUTS.items():
         runs = [(p, mbs) for lay, mbs in RUNS if lay == name for p in INVARIANT]
         if name == "tp1":
             runs += [("hpt", 8), ("hpt", 2)]
+            runs += [(p, f"t64_{how}") for p in OLD_FROM_FORWARD for how in ("recompute", "forward")]
         save_root = os.path.join(root, name)
-        losses = run_distributed(rl_steps, world, TINY_MODEL + SGD + layout(tp), runs, init,
+        losses = run_distributed(rl_steps, world, TINY_MODEL + SGD + layout(tp, pp), runs, init,
                                  save_root)[-1]
         for (p, mbs), loss in zip(runs, losses):
             jobs[(p, name, mbs)] = (loss, os.path.join(save_root, f"{p}_mb{mbs}"))
@@ -68,3 +76,13 @@ def test_faithful_hpt_depends_on_micro_batch_split(steps):
     assert _max_rel_diff(g4, g1) > 1e-2, "hpt should depend on the split (released behaviour)"
     # the demo's NLL (positive) enters with weight 1/4 instead of 1: the loss goes down
     assert loss4 < loss1 - 1e-3, (loss4, loss1)
+
+
+@pytest.mark.parametrize("preset_name", OLD_FROM_FORWARD)
+def test_old_logprobs_from_the_training_forward_equal_a_recompute_pass(preset_name, steps):
+    loss_r, g_r = steps[(preset_name, "tp1", "t64_recompute")]
+    loss_f, g_f = steps[(preset_name, "tp1", "t64_forward")]
+    assert abs(loss_f - loss_r) <= 1e-6 * max(1.0, abs(loss_r))
+    assert _max_rel_diff(g_f, g_r) <= 1e-5
+    # and it is a different step from the synthetic (off-policy) old log-probs
+    assert _max_rel_diff(g_f, steps[(preset_name, "tp1", "t64")][1]) > 1e-4

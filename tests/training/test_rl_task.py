@@ -88,8 +88,10 @@ def _rl_task(preset_name, extra=()):
     task.with_demos, task.stats, task.stats_extra = uses_demonstrations(cfg), {}, {}
     task.updates, task._rollout_index, task._mini_batches, task.reference = 1, None, [], None
     task.source, task.reward = PromptSource(cfg.data_path, tok, cfg.seed), arithmetic_reward
+    from megatron_hpt.training.loss_head import LossHead
+    task.loss_fn, task._pool, task.reward_stats = LossHead(cfg.loss), None, {}
 
-    def old_entropy_without_a_model(micro_batches):  # EGSPO's gate needs π_old's entropies
+    def old_entropy_without_a_model(micro_batches, entropy_only=False):  # EGSPO's gate needs π_old's entropies
         g = torch.Generator().manual_seed(1)
         for mb in micro_batches:
             mb.old_entropy = torch.rand(mb.response_mask.shape, generator=g, device=mb.device)
@@ -177,7 +179,13 @@ def losses_of_one_step(presets):
             task.loss_fn = LossHead(cfg.loss)
             problems = arithmetic.problems(cfg.seed, 0, 3)
             task.engine = ScriptedEngine(tok, [p.answer for p in problems], [0, 2, 4])
+            # no model here: a pre-step pass (EGSPO's batch entropies) leaves π_old's entropy
+            # to the head, as the engine's log-probs would
+            task._recompute_old_logprobs = lambda mbs, entropy_only=False: None
             mbs = task.micro_batches(0)
+            # π_old = the scripted engine's log-probs (not the head's own forward), so that ratios
+            # differ from 1 and every preset's surrogate has a non-zero value
+            task.loss_fn.old_from_forward = False
             task.attach_normalizers(mbs)
             g = torch.Generator().manual_seed(0)
             total, names = 0.0, set()
