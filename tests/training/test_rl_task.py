@@ -179,9 +179,8 @@ def losses_of_one_step(presets):
             task.loss_fn = LossHead(cfg.loss)
             problems = arithmetic.problems(cfg.seed, 0, 3)
             task.engine = ScriptedEngine(tok, [p.answer for p in problems], [0, 2, 4])
-            # no model here: a pre-step pass (EGSPO's batch entropies) leaves π_old's entropy
-            # to the head, as the engine's log-probs would
-            task._recompute_old_logprobs = lambda mbs, entropy_only=False: None
+            # no model here: the pre-step pass (EGSPO's batch entropies) is _rl_task's stand-in
+            # that gives π_old's entropies
             mbs = task.micro_batches(0)
             # π_old = the scripted engine's log-probs (not the head's own forward), so that ratios
             # differ from 1 and every preset's surrogate has a non-zero value
