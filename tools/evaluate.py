@@ -39,6 +39,10 @@ def main(argv=None) -> int:
                    help="seconds a grader may spend on one answer (a longer one scores 0)")
     p.add_argument("--prompt-format", default="auto", choices=("auto", "chat", "raw"),
                    help="auto: the tokenizer's chat template when it has one")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="weights and compute dtype of the engine; auto: bfloat16 on GPU, float32 on "
+                        "CPU (vLLM: the checkpoint's, as vLLM decides). Give one value to compare "
+                        "engines token for token")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
     p.add_argument("--output", default=None, help="write metrics and per-sample correctness (JSON)")
     a = p.parse_args(argv)
@@ -79,9 +83,11 @@ def main(argv=None) -> int:
         own_weights = not ENGINES[a.engine].engine.shares_training_weights
         if own_weights and a.hf_model and not a.load:  # the engine reads the HF weights itself
             engine = build_engine(a.engine, hf_dir=a.hf_model, tensor_parallel_size=world.world_size,
-                                  seed=a.seed, max_model_len=longest + a.max_new_tokens)
+                                  seed=a.seed, max_model_len=longest + a.max_new_tokens,
+                                  dtype=a.dtype)
         else:
-            model, shape = ev.build_megatron_policy(a.load, a.hf_model, world.world_size)
+            model, shape = ev.build_megatron_policy(a.load, a.hf_model, world.world_size,
+                                                        dtype=ev.torch_dtype(a.dtype))
             engine = engine_for_policy(
                 a.engine, [model], shape, tokenizer, tensor_parallel_size=world.world_size,
                 seed=a.seed, max_model_len=longest + a.max_new_tokens,

@@ -120,9 +120,16 @@ def load_tokenizer_for(load: Optional[str], hf_model: Optional[str]):
     return load_tokenizer("builtin:char")
 
 
-def build_megatron_policy(load: Optional[str], hf_model: Optional[str], tp: int):
-    """This rank's TP shard of the policy (fp32 on CPU, bf16 on GPU), weights from ``load`` or
-    converted from ``hf_model`` into a temporary checkpoint. Returns (model, shape)."""
+def torch_dtype(name: str) -> Optional[torch.dtype]:
+    """``--dtype`` of the evaluation tool: None for auto, else the torch dtype."""
+    return None if name == "auto" else {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def build_megatron_policy(load: Optional[str], hf_model: Optional[str], tp: int,
+                          dtype: Optional[torch.dtype] = None):
+    """This rank's TP shard of the policy (``dtype``; None: fp32 on CPU, bf16 on GPU), weights
+    from ``load`` or converted from ``hf_model`` into a temporary checkpoint. Returns (model,
+    shape)."""
     from megatron_hpt.conversion.megatron_to_hf import read_shape_and_config
     from megatron_hpt.models.stage import build_model_stage
     from megatron_hpt.training.checkpoint import load_checkpoint
@@ -135,7 +142,8 @@ def build_megatron_policy(load: Optional[str], hf_model: Optional[str], tp: int)
             convert_hf_to_megatron(hf_model, load, progress=False)
         torch.distributed.barrier()
     shape, _ = read_shape_and_config(load)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     model, _ = build_model_stage(
         shape, tensor_model_parallel_size=tp, params_dtype=dtype, bf16=dtype == torch.bfloat16,
         use_cpu_initialization=not torch.cuda.is_available())

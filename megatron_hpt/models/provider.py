@@ -110,8 +110,9 @@ def build_gpt_model(shape: ModelShape, config: TransformerConfig, pre_process: b
     )
     # megatron-core 0.16.1's local spec builds its norms without device/dtype (CPU, fp32) while
     # the linear layers go to torch.cuda.current_device(): move the whole stage to this process's
-    # device, or DDP's broadcast_params would hand CPU tensors to NCCL. A meta-device model
-    # (tools/plan.py counts parameters without memory) stays where it is.
-    if any(p.is_meta for p in model.parameters()):
+    # device, or DDP's broadcast_params would hand CPU tensors to NCCL. A model built wholly
+    # on the meta device (tools/plan.py counts parameters without memory, under
+    # ``with torch.device("meta")``) stays where it is; a partly-meta one is moved.
+    if all(p.is_meta for p in model.parameters()):
         return model
     return model.to(device())

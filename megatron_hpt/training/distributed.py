@@ -60,13 +60,16 @@ def initialize(tensor_model_parallel_size: int = 1, pipeline_model_parallel_size
     else:
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        extra = {} if timeout_minutes is None else {"timeout": timedelta(minutes=timeout_minutes)}
         if "MASTER_PORT" not in os.environ:
             if world.world_size > 1:
                 raise RuntimeError("MASTER_PORT is not set: launch with torchrun, or export "
                                    "MASTER_ADDR/MASTER_PORT under srun")
-            os.environ["MASTER_PORT"] = str(free_port())
-        extra = {} if timeout_minutes is None else {"timeout": timedelta(minutes=timeout_minutes)}
+            # one process: a private store on a free port, left out of os.environ so that
+            # processes this one starts (tools, vLLM, tests) never inherit a port it holds
+            extra["init_method"] = f"tcp://127.0.0.1:{free_port()}"
+        else:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         dist.init_process_group("nccl" if cuda_available() else "gloo",
                                 rank=world.rank, world_size=world.world_size, **extra)
     if not parallel_state.model_parallel_is_initialized():

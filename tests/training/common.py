@@ -50,6 +50,19 @@ def full_weights(ckpt_root: str) -> dict:
     return many_full_weights([ckpt_root])[0]
 
 
+#: split-invariant readings of the faithful per-micro-batch presets (SPEC §6; luffy()'s docstring):
+#: ``<preset>@global`` divides by step-wide counts instead of each micro-batch's own
+GLOBAL_READING = {"luffy": dict(loss_agg_mode="seq-mean-token-sum-norm", entropy_agg_mode="token-mean")}
+
+
+def loss_config(name: str):
+    """``preset(name)``, or for ``<preset>@global`` the preset with GLOBAL_READING's changes."""
+    from megatron_hpt.loss import preset
+    base, _, reading = name.partition("@")
+    cfg = preset(base)
+    return cfg.replace(**GLOBAL_READING[base]) if reading == "global" else cfg
+
+
 def synthetic_rl_batch(preset_name: str, seq_length: int = 32, vocab: int = 80, seed: int = 3) -> dict:
     """A global batch of 8 rows (2 prompts x 4) with ragged response masks, detached old
     log-probs off the current policy (so ratios != 1 and clipping is active), 0/1 rewards,
@@ -72,7 +85,8 @@ def synthetic_rl_batch(preset_name: str, seq_length: int = 32, vocab: int = 80, 
     batch = Batch(tokens=tokens, labels=labels, response_mask=mask,
                   position_ids=pos.expand(n, seq_length).contiguous(),
                   old_logprobs=-3.0 - torch.rand(n, seq_length, generator=g))
-    cfg = preset(preset_name)
+    cfg = loss_config(preset_name)
+    preset_name = preset_name.partition("@")[0]
     if preset_name == "egspo":  # π_old's entropies: the batch-quantile gate reads them
         batch.old_entropy = 0.5 + 2.0 * torch.rand(n, seq_length, generator=g)
     if preset_name == "luffy":  # one demonstration per group, inside the group statistics
@@ -116,7 +130,7 @@ def rl_steps(argv: list, runs: list, init_ckpt: str, save_root: str) -> list:
         for preset_name, micro_batch_size in runs:
             optimizer, scheduler = build_optimizer(cfg, model)
             load_checkpoint(init_ckpt, model, finetune=True)
-            head = LossHead(preset(preset_name))
+            head = LossHead(loss_config(preset_name))
             micro_batches = layout_micro_batches(synthetic_rl_batch(preset_name), micro_batch_size)
             if head.cfg.mu_schedule != "none":  # the SFT mixing weight μ of step 0 (EGSPO)
                 for mb in micro_batches:

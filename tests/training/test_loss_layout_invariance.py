@@ -1,8 +1,9 @@
 """SPEC §6 at model level: one optimizer step's gradient is the same for 1, 2 and 4 micro-batches,
 for token-budget micro-batches (``t<N>``: rows grouped by length, each micro-batch cut to its
-longest row, training/packing.py) and for TP=1, TP=2 and DP=2, for grpo, hpt_clean, luffy and
-egspo; the faithful `hpt` preset keeps the released per-micro-batch SFT token-mean, so its
-gradient changes with the split. Old log-probs taken from the training forward
+longest row, training/packing.py) and for TP=1, TP=2 and DP=2, for grpo, hpt_clean, egspo and
+luffy's global reading (``luffy@global``: Σ/(L_max·sequences), entropy token-mean); the faithful
+`hpt` and `luffy` presets keep the released per-micro-batch means, so their gradients change
+with the split. Old log-probs taken from the training forward
 (``LossHead.old_from_forward``) give the gradient of a recompute pass.
 
 The gradient is read back as the weight change of one SGD step with lr 1000 (no momentum state,
@@ -17,14 +18,16 @@ from training.common import TINY_MODEL, layout, many_full_weights, rl_steps, sav
 
 SGD = ["--optimizer", "sgd", "--lr", "1000", "--clip-grad", "0", "--weight-decay", "0",
        "--global-batch-size", "8", "--seed", "7", "--micro-batch-size", "2"]
-INVARIANT = ["grpo", "hpt_clean", "luffy", "egspo"]
+INVARIANT = ["grpo", "hpt_clean", "luffy@global", "egspo"]
+#: released per-micro-batch presets: one step at 1 and at 4 micro-batches
+PER_MICRO_BATCH = ["hpt", "luffy"]
 LAYOUTS = {"tp1": (1, 1, 1), "tp2": (2, 1, 2), "dp2": (1, 1, 2), "pp2": (1, 2, 2)}  # (tp, pp, world)
 # (layout, micro-batch size) per run; at DP=2 each rank holds 4 rows, so mb 2 is a 2-way split
 # token budgets: "t64" puts the 8 rows (7..32 tokens) into 4 micro-batches of mixed shapes
 RUNS = [("tp1", 8), ("tp1", 4), ("tp1", 2), ("tp1", "t64"), ("tp2", 2), ("tp2", "t64"),
         ("dp2", 2), ("dp2", "t40"), ("pp2", "t64")]  # PP: stages exchange each shape
 #: π_old = current policy: recompute pass vs detached training forward (same budget layout)
-OLD_FROM_FORWARD = ["grpo", "luffy"]
+OLD_FROM_FORWARD = ["grpo", "luffy@global"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def steps(tmp_path_factory):
     for name, (tp, pp, world) in LAYOUTS.items():
         runs = [(p, mbs) for lay, mbs in RUNS if lay == name for p in INVARIANT]
         if name == "tp1":
-            runs += [("hpt", 8), ("hpt", 2)]
+            runs += [(p, mbs) for p in PER_MICRO_BATCH for mbs in (8, 2)]
             runs += [(p, f"t64_{how}") for p in OLD_FROM_FORWARD for how in ("recompute", "forward")]
         save_root = os.path.join(root, name)
         losses = run_distributed(rl_steps, world, TINY_MODEL + SGD + layout(tp, pp), runs, init,
@@ -86,3 +89,14 @@ def test_old_logprobs_from_the_training_forward_equal_a_recompute_pass(preset_na
     assert _max_rel_diff(g_f, g_r) <= 1e-5
     # and it is a different step from the synthetic (off-policy) old log-probs
     assert _max_rel_diff(g_f, steps[(preset_name, "tp1", "t64")][1]) > 1e-4
+
+
+def test_faithful_luffy_depends_on_micro_batch_split(steps):
+    """Released LUFFY: Σ_tokens / L_max and the entropy token-mean per micro-batch, averaged over
+    micro-batches. The 4-way split divides each micro-batch's token sum by 4 micro-batches where
+    the single micro-batch divides the whole sum by 1: the loss scale changes with the split."""
+    loss1, g1 = steps[("luffy", "tp1", 8)]
+    loss4, g4 = steps[("luffy", "tp1", 2)]
+    rel = _max_rel_diff(g4, g1)
+    assert rel > 1e-2, f"luffy should depend on the split (released behaviour), got {rel:.2e}"
+    assert abs(loss4 - loss1) > 1e-3 * abs(loss1), (loss4, loss1)
