@@ -8,6 +8,7 @@ import argparse
 from dataclasses import dataclass
 from typing import List, Optional
 
+from megatron_hpt.rollout.assignment import rollout_layout_errors, rollout_tensor_parallel_size
 from megatron_hpt.rollout.engines import (DEFAULT_ENGINE, ENGINES, check_engine_available,
                                           engine_spec)
 
@@ -21,6 +22,11 @@ def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rollout-gpu-memory-utilization", type=float, default=0.5,
                    help="fraction of GPU memory the colocated vLLM takes (weights + KV cache); "
                         "size it with tools/plan.py")
+    g.add_argument("--rollout-tensor-parallel-size", type=int, default=None,
+                   help="ranks per rollout engine (default: --tensor-model-parallel-size); every "
+                        "rank belongs to one engine and the batch's prompts are spread over all "
+                        "engines (pipeline stages generate too). vllm only: the embedded engine "
+                        "decodes with the training model, at its TP")
     g.add_argument("--rollout-batch-size", type=int, default=8, help="prompts per optimizer step")
     g.add_argument("--n-samples-per-prompt", type=int, default=8, help="rollouts per prompt")
     g.add_argument("--rollout-temperature", type=float, default=1.0)
@@ -53,6 +59,9 @@ class RolloutConfig:
     """Size bound of one bucket of the weight stream pushed to the engine."""
     gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory the colocated vLLM takes (--rollout-gpu-memory-utilization)."""
+    tensor_parallel_size: Optional[int] = None
+    """Ranks per rollout engine (--rollout-tensor-parallel-size; None: the training TP size).
+    See rollout/assignment.py for who generates what."""
     batch_size: int = 8
     """Prompts per optimizer step."""
     n_samples_per_prompt: int = 8
@@ -81,7 +90,7 @@ def rollout_config_from_args(args: argparse.Namespace) -> RolloutConfig:
     return RolloutConfig(
         engine=args.rollout_engine, weight_bucket_mb=args.rollout_weight_bucket_mb,
         gpu_memory_utilization=args.rollout_gpu_memory_utilization,
-        batch_size=args.rollout_batch_size, n_samples_per_prompt=args.n_samples_per_prompt,
+        tensor_parallel_size=args.rollout_tensor_parallel_size, batch_size=args.rollout_batch_size, n_samples_per_prompt=args.n_samples_per_prompt,
         temperature=args.rollout_temperature, top_p=args.rollout_top_p, top_k=args.rollout_top_k,
         max_response_len=args.rollout_max_response_len, hpt_gate=args.hpt_gate,
         max_rollout_rounds=args.max_rollout_rounds,
@@ -122,6 +131,12 @@ def rl_config_errors(cfg, pp: int, dp: int) -> List[str]:
         errors.append(f"--rollout-engine {ro.engine} decodes with the training model, which "
                       "needs --pipeline-model-parallel-size 1; use --rollout-engine "
                       + " or ".join(others))
+    if ro.engine in ENGINES:
+        tp, cp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.context_parallel_size
+        errors += rollout_layout_errors(tp * cp * pp * max(dp, 1), tp,
+                                        rollout_tensor_parallel_size(cfg),
+                                        engine_spec(ro.engine).engine.shares_training_weights,
+                                        ro.engine)
     if ro.batch_size % max(dp, 1):
         errors.append(f"--rollout-batch-size {ro.batch_size} is not divisible by the "
                       f"data-parallel size {dp} (each DP rank rolls out its own prompts)")

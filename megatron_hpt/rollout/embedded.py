@@ -9,7 +9,8 @@ Parallelism (what is sharded, what moves):
 - Weights and the KV cache stay sharded as in training: each TP rank caches its own heads
   ([s, b, heads/TP, head_dim] per layer). Per step megatron runs its usual TP collectives and
   gathers the logits over the vocabulary (``runtime_gather_output=True``: [b, 1, V] on every rank).
-- Every TP rank samples with the same seeded generator; the tokens and log-probs of TP source rank
+- Every TP rank samples with the same seeded generator (one per call, or one per row with
+  ``SamplingParams.prompt_seeds``); the tokens and log-probs of TP source rank
   are then broadcast in the TP group (one [2, b] broadcast per step), so all ranks provably hold
   identical samples. Pipeline and context parallelism and sequence parallelism are refused with a
 clear error (use the vLLM engine there).
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_hpt.rollout.protocol import RolloutSample, SamplingParams, WeightStream
-from megatron_hpt.rollout.sampling import draw, make_generator
+from megatron_hpt.rollout.sampling import draw, make_generator, row_generators
 
 
 def _tp_group_and_src():
@@ -83,12 +84,15 @@ class EmbeddedEngine:
         if n < 1 or not prompt_token_ids or any(len(p) == 0 for p in prompt_token_ids):
             raise ValueError(f"need n >= 1 and non-empty prompts (n={n}, "
                              f"prompt lengths={[len(p) for p in prompt_token_ids]})")
+        if sampling.prompt_seeds is not None and len(sampling.prompt_seeds) != len(prompt_token_ids):
+            raise ValueError(f"{len(sampling.prompt_seeds)} prompt_seeds for "
+                             f"{len(prompt_token_ids)} prompts")
         rows = [list(map(int, p)) for p in prompt_token_ids for _ in range(n)]
         was_training = self.model.training
         self.model.eval()  # megatron uses the KV cache only when not training
         try:
             with torch.no_grad():
-                tokens, logprobs, lengths, reasons = self._decode(rows, sampling)
+                tokens, logprobs, lengths, reasons = self._decode(rows, sampling, n)
         finally:
             self.model.train(was_training)
         return [RolloutSample(prompt_index=i // n,
@@ -114,7 +118,7 @@ class EmbeddedEngine:
         """Nothing to release: the model belongs to the trainer."""
 
     # ------------------------------------------------------------------ decoding loop
-    def _decode(self, rows: List[List[int]], sampling: SamplingParams):
+    def _decode(self, rows: List[List[int]], sampling: SamplingParams, n: int):
         """Static-batch decoding. Returns tokens [b, T], logprobs [b, T], lengths [b], reasons."""
         from megatron.core.inference.contexts import StaticInferenceContext
 
@@ -136,7 +140,8 @@ class EmbeddedEngine:
         lengths = torch.zeros(b, dtype=torch.long, device=device)
         reason = torch.zeros(b, dtype=torch.long, device=device)  # 0 running, 1 eos, 2 stop
         tp_group, tp_src = self._tp_group, self._tp_src
-        generator = make_generator(sampling.seed)
+        generator = (make_generator(sampling.seed) if sampling.prompt_seeds is None
+                     else row_generators(sampling.prompt_seeds, n))
         context = StaticInferenceContext(max_batch_size=b, max_sequence_length=total)
         causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).triu(1)
         cur = prompt_len

@@ -46,7 +46,12 @@ class SamplingParams:
     # ---------------- randomness ----------------
     seed: int | None = None
     """Seed of the sampling generator; the same seed on every TP rank gives the same samples. A
-    trainer folds in the iteration and data-parallel rank so DP replicas draw different samples."""
+    trainer gives one seed per rollout batch (``rollout/assignment.batch_seed``)."""
+    prompt_seeds: Tuple[int, ...] | None = None
+    """Per-prompt seeds, one per prompt of the ``generate`` call (in order): prompt i's sample j
+    is drawn from its own generator seeded ``prompt_seeds[i] + j``, so its samples do not depend
+    on the engine or on the other prompts of the call. Both engines honour it (vLLM: one seed
+    per request); None: one generator seeded ``seed`` for the whole call."""
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -59,6 +64,8 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         object.__setattr__(self, "eos_token_ids", tuple(int(t) for t in self.eos_token_ids))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if self.prompt_seeds is not None:
+            object.__setattr__(self, "prompt_seeds", tuple(int(t) for t in self.prompt_seeds))
 
     @property
     def greedy(self) -> bool:

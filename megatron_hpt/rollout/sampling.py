@@ -9,7 +9,7 @@ untruncated ones.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -45,15 +45,22 @@ def truncate(logprobs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 
 
 def draw(logits: torch.Tensor, sampling: SamplingParams,
-         generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor]:
+         generator: Union[None, torch.Generator, Sequence[torch.Generator]]
+         ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One token per row and its reported log-prob. logits: [b, V] -> tokens [b] (int64),
-    logprobs [b] (fp32). ``generator`` (a CPU generator) is advanced once per non-greedy call."""
+    logprobs [b] (fp32). ``generator`` (a CPU generator, or one per row: then each row's draw
+    depends only on its own generator) is advanced once per non-greedy call."""
     logprobs = scaled_logprobs(logits, sampling.temperature)
     if sampling.greedy:
         tokens = torch.argmax(logprobs, dim=-1)
     else:
-        probs = torch.softmax(truncate(logprobs, sampling.top_k, sampling.top_p), dim=-1)
-        tokens = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+        probs = torch.softmax(truncate(logprobs, sampling.top_k, sampling.top_p), dim=-1).cpu()
+        if isinstance(generator, (list, tuple)):
+            tokens = torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=g)[:, 0]
+                                for i, g in enumerate(generator)])
+        else:
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tokens = tokens.to(logits.device)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -64,6 +71,12 @@ def finish_reason(token: int, sampling: SamplingParams) -> Optional[str]:
     if token in sampling.stop_token_ids:
         return "stop"
     return None
+
+
+def row_generators(prompt_seeds: Sequence[int], n: int) -> List[torch.Generator]:
+    """One CPU generator per row of a prompt-major batch: prompt i's sample j seeded
+    ``prompt_seeds[i] + j`` (``SamplingParams.prompt_seeds``)."""
+    return [make_generator(seed + j) for seed in prompt_seeds for j in range(n)]
 
 
 def make_generator(seed: Optional[int]) -> torch.Generator:

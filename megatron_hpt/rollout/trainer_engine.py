@@ -7,7 +7,8 @@ current weights before each rollout phase, put to sleep after it.
     engine.weights_changed()
 
 ``embedded`` decodes with the training model itself (nothing to sync). ``vllm`` starts a
-colocated vLLM (TP = training TP, external launcher) from the HF config of the model, with dummy
+colocated vLLM (TP = ``--rollout-tensor-parallel-size``, default the training TP; external
+launcher: consecutive ranks form one engine, rollout/assignment.py) from the HF config of the model, with dummy
 weights, and receives the Megatron weights through ``export_hf_weights`` in buckets of
 ``--rollout-weight-bucket-mb`` before each rollout phase; between phases it sleeps (GPU only).
 """
@@ -16,8 +17,8 @@ from __future__ import annotations
 from typing import List, Sequence
 
 import torch
-from megatron.core import parallel_state
 
+from megatron_hpt.rollout.assignment import rollout_tensor_parallel_size
 from megatron_hpt.rollout.engines import engine_for_policy
 from megatron_hpt.rollout.protocol import RolloutSample, SamplingParams
 from megatron_hpt.rollout.vllm_engine import shape_config_dir, vllm_dtype  # noqa: F401 (re-export)
@@ -32,7 +33,7 @@ class TrainerEngine:
         # --hf-model gives config and tokenizer files; a flag-built shape gets its config
         self.engine = engine_for_policy(
             self.name, self.model_chunks, cfg.shape, tokenizer,
-            tensor_parallel_size=cfg.parallel.tensor_model_parallel_size, seed=cfg.seed,
+            tensor_parallel_size=rollout_tensor_parallel_size(cfg), seed=cfg.seed,
             max_model_len=cfg.seq_length + 1, params_dtype=cfg.params_dtype, hf_dir=cfg.hf_model,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
         # an engine on the training parameters has nothing to sync; any other starts with
@@ -60,8 +61,3 @@ class TrainerEngine:
     def shutdown(self) -> None:
         """Release the engine (vLLM: its engine core); the training process groups stay."""
         self.engine.shutdown()
-
-    def data_parallel_seed(self, base: int, iteration: int) -> int:
-        """Sampling seed of this DP replica at ``iteration``: TP ranks agree, DP replicas differ."""
-        dp = parallel_state.get_data_parallel_rank()
-        return (base * 1_000_003 + iteration * 1_009 + dp) % (2 ** 31)

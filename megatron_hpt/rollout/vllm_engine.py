@@ -1,7 +1,8 @@
 """The colocated vLLM engine: vLLM 0.32 inside the training processes, one copy per TP group.
 
 Layout: under torchrun/srun every training rank constructs ``VllmEngine`` with
-``tensor_parallel_size`` = the training TP size. vLLM is then started with
+``tensor_parallel_size`` = ``--rollout-tensor-parallel-size`` (default the training TP size;
+which prompts each engine generates: ``rollout/assignment.py``). vLLM is then started with
 ``distributed_executor_backend="external_launcher"``: it joins the already initialised
 torch.distributed world (no new processes), groups consecutive ranks into TP groups exactly like
 megatron-core (PP = 1 inside vLLM), and every TP group generates independently for its own
@@ -178,7 +179,8 @@ class VllmEngine:
                  **engine_kwargs):
         """``hf_dir``: a Hugging Face model directory (config.json; weights unless
         ``load_format="dummy"``, which starts from random weights that the first
-        ``update_weights`` replaces). ``tensor_parallel_size``: the training TP size.
+        ``update_weights`` replaces). ``tensor_parallel_size``: ranks per engine (consecutive
+        ranks; the world size must be a multiple).
         ``engine_kwargs``: passed to ``vllm.LLM`` unchanged."""
         if importlib.util.find_spec("vllm") is None:
             raise ImportError(VLLM_INSTALL)
@@ -220,7 +222,7 @@ class VllmEngine:
         """A colocated vLLM for a Megatron policy: started from ``hf_dir`` (a Hugging Face
         directory: config and tokenizer files) or else from the HF config of ``shape``, with dummy
         weights that the first ``update_weights`` (the policy's weight stream) replaces.
-        ``tensor_parallel_size``: the training TP size; ``engine_kwargs``: further constructor
+        ``tensor_parallel_size``: the rollout TP size; ``engine_kwargs``: further constructor
         arguments (``gpu_memory_utilization``, ...). On CPU the KV cache defaults to 1 GiB."""
         if not torch.cuda.is_available():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -245,14 +247,24 @@ class VllmEngine:
         # vLLM refuses n > 1 for greedy requests: repeat greedy prompts instead
         per_request = 1 if sampling.greedy else n
         requests = prompts if per_request == n else [p for p in prompts for _ in range(n)]
-        params = VllmSamplingParams(
-            n=per_request, temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k, max_tokens=sampling.max_new_tokens, seed=sampling.seed,
-            # eos and stop ids both go through vLLM's stop ids, so the reason is unambiguous
-            stop_token_ids=list(sampling.eos_token_ids) + list(sampling.stop_token_ids),
-            ignore_eos=True, logprobs=0, detokenize=False)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in requests], params,
-                                    use_tqdm=False)
+        if sampling.prompt_seeds is not None and len(sampling.prompt_seeds) != len(prompts):
+            raise ValueError(f"{len(sampling.prompt_seeds)} prompt_seeds for {len(prompts)} prompts")
+
+        def params(seed):
+            return VllmSamplingParams(
+                n=per_request, temperature=sampling.temperature, top_p=sampling.top_p,
+                top_k=sampling.top_k, max_tokens=sampling.max_new_tokens, seed=seed,
+                # eos and stop ids both go through vLLM's stop ids, so the reason is unambiguous
+                stop_token_ids=list(sampling.eos_token_ids) + list(sampling.stop_token_ids),
+                ignore_eos=True, logprobs=0, detokenize=False)
+        if sampling.prompt_seeds is None:
+            request_params = params(sampling.seed)
+        elif per_request == n:  # vLLM seeds a request's child k with seed + k
+            request_params = [params(seed) for seed in sampling.prompt_seeds]
+        else:  # repeated (greedy) requests: the k-th copy of prompt i gets seed_i + k
+            request_params = [params(seed + k) for seed in sampling.prompt_seeds for k in range(n)]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in requests],
+                                    request_params, use_tqdm=False)
         samples = []
         for request_index, out in enumerate(outputs):
             for completion in out.outputs:

@@ -1,10 +1,10 @@
 """What a checkpoint needs beyond weights, optimizer and scheduler for an exact resume.
 
 Everything else a step reads is a pure function of (seed, iteration): the data cursor
-(``PromptSource.items(iteration * batch, batch)``), the rollout sampling seed
-(``data_parallel_seed(seed, rollout index)``), CHORD's μ (``mu_at_step(iteration)``) and the HPT
-gate (a function of the rollout batch's rewards). What is not, and is saved per rank in
-``rank_state/rank_NNNNN.pt`` inside the checkpoint:
+(``PromptSource.items(iteration * batch, batch)``), the rollout sampling seeds
+(``rollout/assignment.batch_seed(seed, rollout index)``, per prompt ``prompt_seed``), CHORD's μ
+(``mu_at_step(iteration)``) and the HPT gate (a function of the rollout batch's rewards). What
+is not, and is saved per rank in ``rank_state/rank_NNNNN.pt`` inside the checkpoint:
 
 - the RNG streams: torch (CPU and CUDA), megatron's model-parallel tracker, numpy, python;
   restored unless ``--no-load-rng`` (and only at the world size they were saved at, as

@@ -5,8 +5,12 @@ Used by every loss preset but ``sft``. One rollout batch feeds ``updates`` optim
 batch, on each data-parallel replica:
 
     prompts      this replica's --rollout-batch-size / DP prompts of the step (data/prompts.py)
-    rollouts     --n-samples-per-prompt samples each from the rollout engine, with the log-prob
-                 of every sampled token
+    rollouts     --n-samples-per-prompt samples each, with the log-prob of every sampled token;
+                 the batch's prompts are spread over all rollout engines (vLLM: every
+                 --rollout-tensor-parallel-size consecutive ranks, pipeline stages included)
+                 and the samples sent to the replica that trains them; the embedded engine
+                 generates each replica's own prompts (rollout/assignment.py, rollout/spread.py).
+                 One sampling seed per rollout batch, one per prompt derived from it
     old logprobs π_old is the policy that sampled. With one update per rollout batch it is the
                  training model itself: its log-probs and entropy are the detached values of
                  the training forward (no extra pass; training/old_policy.py), unless vLLM's own
@@ -27,8 +31,10 @@ batch, on each data-parallel replica:
     rows         per prompt: its n rollouts, then its demonstration when the preset uses one
 
 Rows of one prompt stay on one DP replica, so group statistics never cross ranks; the loss
-normalizers are global (LossHead.attach_normalizers). What moves: nothing beyond the engine's
-own collectives and the all-reduce of the logged rollout statistics.
+normalizers are global (LossHead.attach_normalizers). What moves: the engine's own
+collectives, the samples from the engine that generated them to the replica's ranks
+(rollout/spread.py; nothing with the embedded engine) and the all-reduce of the logged
+rollout statistics.
 """
 from __future__ import annotations
 
@@ -50,6 +56,8 @@ from megatron_hpt.loss.batch import Batch
 from megatron_hpt.rollout import SamplingParams
 from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rollout.trainer_engine import TrainerEngine
+from megatron_hpt.rollout.assignment import batch_seed
+from megatron_hpt.rollout.spread import generate_batch, layout_of
 from megatron_hpt.rewards.pool import RewardPool
 from megatron_hpt.training import packing
 from megatron_hpt.training.dynamic_sampling import fill_batch
@@ -194,8 +202,10 @@ class RlTask:
         """Prompts ``index`` of this replica, their rollouts and rewards (graded once)."""
         cfg, ro, tok = self.cfg, self.cfg.rollout, self.tokenizer
         dp_rank = parallel_state.get_data_parallel_rank()
-        problems = self.source.items(index * ro.batch_size + dp_rank * per_rank, per_rank)
-        prompt_ids = [p.prompt_ids for p in problems]
+        # the whole batch's prompts: any engine may generate any of them (rollout/spread.py)
+        batch = self.source.items(index * ro.batch_size, ro.batch_size)
+        problems = batch[dp_rank * per_rank:(dp_rank + 1) * per_rank]
+        prompt_ids = [p.prompt_ids for p in batch]
         room = cfg.seq_length + 1 - max(map(len, prompt_ids))
         if room < 1:
             raise ValueError(f"{cfg.data_path}: a prompt of rollout batch {index} is "
@@ -204,8 +214,9 @@ class RlTask:
             temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
             max_new_tokens=min(ro.max_response_len or room, room),
             eos_token_ids=(tok.eos_token_id,),
-            seed=self.engine.data_parallel_seed(cfg.seed, index))
-        samples = self.engine.generate(prompt_ids, ro.n_samples_per_prompt, sampling)
+            seed=batch_seed(cfg.seed, index))
+        samples = generate_batch(self.engine, prompt_ids, ro.n_samples_per_prompt, sampling,
+                                 layout_of(cfg))  # this replica's, prompt-major
         rewards, counts, raised = grade_replica(
             self._reward_pool, lambda: [(tok.decode(s.response_token_ids, skip_special_tokens=True),
                                          problems[s.prompt_index].answer) for s in samples],

@@ -107,7 +107,8 @@ def test_trainer_engine_reads_the_protocol_not_the_name(monkeypatch, shares):
     monkeypatch.setitem(engines.ENGINES, "fake", engines.EngineSpec(fake, "a test engine"))
     monkeypatch.setattr(weights, "export_hf_weights", lambda chunks, shape, mb: iter([["bucket"]]))
     cfg = SimpleNamespace(rollout=SimpleNamespace(engine="fake", weight_bucket_mb=1,
-                                                    gpu_memory_utilization=0.5), shape=None,
+                                                    gpu_memory_utilization=0.5,
+                                                    tensor_parallel_size=None), shape=None,
                           parallel=SimpleNamespace(tensor_model_parallel_size=1), seed=0,
                           seq_length=31, params_dtype=torch.float32, hf_model=None)
     engine = TrainerEngine(cfg, [torch.nn.Linear(1, 1)], SimpleNamespace(pad_token_id=0))
