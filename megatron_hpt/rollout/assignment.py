@@ -36,8 +36,10 @@ def rollout_tensor_parallel_size(cfg) -> int:
 
 
 def rollout_layout_errors(world_size: int, train_tp: int, rollout_tp: int, shared: bool,
-                          engine: str) -> List[str]:
-    """Why this rollout layout cannot run, one message per problem (empty when it can)."""
+                          engine: str, batch_size: int) -> List[str]:
+    """Why this rollout layout cannot run, one message per problem (empty when it can). Every
+    separate engine needs at least one prompt: its ``generate`` call is where the weight
+    stream (a collective over the training groups) runs."""
     if rollout_tp < 1:
         return [f"--rollout-tensor-parallel-size {rollout_tp} must be >= 1"]
     errors = []
@@ -49,6 +51,11 @@ def rollout_layout_errors(world_size: int, train_tp: int, rollout_tp: int, share
     if world_size % rollout_tp:
         errors.append(f"--rollout-tensor-parallel-size {rollout_tp} does not divide the world "
                       f"size {world_size} (every rank belongs to exactly one rollout engine)")
+    elif not shared and batch_size < world_size // rollout_tp:
+        errors.append(f"--rollout-batch-size {batch_size} is smaller than the number of rollout "
+                      f"engines, world size {world_size} / --rollout-tensor-parallel-size "
+                      f"{rollout_tp} = {world_size // rollout_tp}: every engine needs a prompt; "
+                      f"raise the batch or the rollout TP")
     return errors
 
 

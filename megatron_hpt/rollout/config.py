@@ -136,7 +136,7 @@ def rl_config_errors(cfg, pp: int, dp: int) -> List[str]:
         errors += rollout_layout_errors(tp * cp * pp * max(dp, 1), tp,
                                         rollout_tensor_parallel_size(cfg),
                                         engine_spec(ro.engine).engine.shares_training_weights,
-                                        ro.engine)
+                                        ro.engine, ro.batch_size)
     if ro.batch_size % max(dp, 1):
         errors.append(f"--rollout-batch-size {ro.batch_size} is not divisible by the "
                       f"data-parallel size {dp} (each DP rank rolls out its own prompts)")

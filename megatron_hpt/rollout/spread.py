@@ -63,13 +63,14 @@ def generate_batch(engine, batch_prompts: Sequence[Sequence[int]], n: int,
     seeds are derived from it and the prompts' batch indices)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     plan = plan_rollout(layout, len(batch_prompts))
+    if not all(len(block) for block in plan.engine_prompts):
+        # an engine without prompts would skip generate, where the weight stream runs
+        raise ValueError(f"{len(batch_prompts)} prompts for {len(plan.engine_prompts)} rollout "
+                         f"engines: raise --rollout-batch-size or --rollout-tensor-parallel-size")
     mine = owned_prompts(plan, rank)
-    samples: List[RolloutSample] = []
-    if len(mine):
-        seeds = None if sampling.seed is None else tuple(
-            prompt_seed(sampling.seed, p) for p in mine)
-        samples = engine.generate([batch_prompts[p] for p in mine], n,
-                                  replace(sampling, prompt_seeds=seeds))
+    seeds = None if sampling.seed is None else tuple(prompt_seed(sampling.seed, p) for p in mine)
+    samples = engine.generate([batch_prompts[p] for p in mine], n,
+                              replace(sampling, prompt_seeds=seeds))
     if layout.shared:  # the replica generated exactly the prompts it trains
         return samples
     by_prompt: Dict[int, List[RolloutSample]] = {}

@@ -100,12 +100,14 @@ def test_shared_engine_keeps_assignment_by_data_parallel_rank():
 
 
 def test_layout_errors_name_the_flags():
-    assert rollout_layout_errors(8, 2, 2, False, "vllm") == []
-    assert rollout_layout_errors(8, 2, 4, False, "vllm") == []
-    (msg,) = rollout_layout_errors(6, 2, 4, False, "vllm")
+    assert rollout_layout_errors(8, 2, 2, False, "vllm", 4) == []
+    assert rollout_layout_errors(8, 2, 4, False, "vllm", 2) == []
+    (msg,) = rollout_layout_errors(6, 2, 4, False, "vllm", 8)
     assert "--rollout-tensor-parallel-size 4" in msg and "world size 6" in msg
-    (msg,) = rollout_layout_errors(4, 2, 1, True, "embedded")
+    (msg,) = rollout_layout_errors(4, 2, 1, True, "embedded", 8)
     assert "--rollout-engine embedded" in msg and "--tensor-model-parallel-size 2" in msg
+    (msg,) = rollout_layout_errors(8, 1, 2, False, "vllm", 2)  # 4 engines, 2 prompts
+    assert "--rollout-batch-size 2" in msg and "= 4" in msg
     with pytest.raises(ValueError, match="--rollout-batch-size 3"):
         plan_rollout(RolloutLayout((0, 1), 1), 3)
 
