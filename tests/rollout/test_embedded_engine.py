@@ -165,3 +165,22 @@ def test_bf16_model_wrapped_like_training():
         errors.append((torch.tensor(s.logprobs) - ref).abs())
     errors = torch.cat(errors)
     assert errors.max() < 0.15 and errors.mean() < 0.03, (errors.max(), errors.mean())
+
+
+def test_per_prompt_seeds_make_a_prompts_samples_independent_of_the_batch():
+    """``prompt_seeds``: prompt i's sample j draws from its own generator (seed_i + j), so a
+    prompt's samples are the same alone or among others (how the trainer spreads one batch over
+    several engines), and differ from its neighbours' under the same batch seed."""
+    from megatron_hpt.rollout.assignment import prompt_seed
+    initialize(1, 1)
+    engine = EmbeddedEngine(tm.megatron_model(seed=3), max_sequence_length=64)
+    seeds = tuple(prompt_seed(11, p) for p in range(len(PROMPTS)))
+    together = engine.generate(PROMPTS, 3, SamplingParams(temperature=1.0, max_new_tokens=12,
+                                                          prompt_seeds=seeds))
+    alone = engine.generate(PROMPTS[2:3], 3, SamplingParams(temperature=1.0, max_new_tokens=12,
+                                                            prompt_seeds=seeds[2:3]))
+    assert [s.response_token_ids for s in alone] == [s.response_token_ids for s in together[6:9]]
+    for a, b in zip(alone, together[6:9]):
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < TOL
+    samples = [s.response_token_ids for s in together]
+    assert len({tuple(s) for s in samples}) == len(samples)  # every sample its own stream

@@ -170,3 +170,18 @@ def test_megatron_export_stream_into_vllm_matches_embedded_engine(vllm_engine, m
         for s in samples:
             ref = megatron_logprobs(model, s.prompt_token_ids, s.response_token_ids, sampling.temperature)
             assert torch.allclose(torch.tensor(s.logprobs), ref, atol=TOL, rtol=0)
+
+
+def test_per_prompt_seeds_make_a_prompts_samples_independent_of_the_batch(vllm_engine, models):
+    """One vLLM request seed per prompt (``SamplingParams.prompt_seeds``; vLLM seeds child k
+    with seed + k): a prompt's samples are the same alone or among others, as when the trainer
+    spreads a batch over several engines."""
+    from megatron_hpt.rollout.assignment import prompt_seed
+    engine = engine_with(vllm_engine, models, "A")
+    seeds = tuple(prompt_seed(11, p) for p in range(len(PROMPTS)))
+    sampled = dict(temperature=1.0, top_k=50, max_new_tokens=10)
+    together = engine.generate(PROMPTS, 2, SamplingParams(**sampled, prompt_seeds=seeds))
+    alone = engine.generate(PROMPTS[1:2], 2, SamplingParams(**sampled, prompt_seeds=seeds[1:2]))
+    assert [s.response_token_ids for s in alone] == [s.response_token_ids for s in together[2:4]]
+    assert [s.prompt_index for s in together] == [0, 0, 1, 1, 2, 2]
+    assert len({tuple(s.response_token_ids) for s in together}) == 6
