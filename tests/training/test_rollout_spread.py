@@ -4,11 +4,12 @@
 - embedded engine, DP=2, *sampled* rollouts (T = 1): one seed per batch and one per prompt
   derived from it, so each replica's samples are the one-process samples and the step equals
   the one-process step;
-- colocated vLLM (vllm-cpu) at PP=2 with rollout TP 1: each pipeline stage runs its own engine on
-  half of the prompts (none generated twice), the samples reach both stages, and the losses,
-  rewards and response lengths equal the one-process run (greedy; the reference is the embedded
-  engine in one process, whose greedy tokens vLLM's equal, tests/rollout/test_vllm_tp2.py).
-  Two vLLM start-ups on 2 cores: ~1 min on an idle machine; ROLLOUT_SKIP_VLLM_SPREAD=1 skips it.
+- colocated vLLM (vllm-cpu) at PP=2 with rollout TP 1 (each pipeline stage runs its own engine
+  on half of the prompts) and rollout TP 2 (one engine over both stages, training TP 1): no
+  prompt generated twice, the samples reach both stages, and the losses, rewards and response
+  lengths equal the one-process run (greedy; the reference is the embedded engine in one
+  process, whose greedy tokens vLLM's equal, tests/rollout/test_vllm_tp2.py). Each case starts
+  two vLLM ranks; ROLLOUT_SKIP_VLLM_SPREAD=1 skips them.
 """
 import os
 
@@ -44,24 +45,49 @@ def _train_logging_vllm_prompts(argv):
     return rank, train(argv), log
 
 
+def _save_then_train(root, argv):
+    """Rank entry point (one process): save argv's model at iteration 0 to ``root`` (a PP=2 run
+    initialises its stages differently, so layouts are compared from the same weights), then
+    train from it."""
+    from megatron_hpt.arguments import build_config, build_parser
+    from megatron_hpt.data.tokenizer import build_char_tokenizer
+    from megatron_hpt.training import distributed
+    from megatron_hpt.training.checkpoint import save_checkpoint
+    from megatron_hpt.training.setup import build_model
+    cfg = build_config(build_parser().parse_args(argv), 1,
+                       tokenizer_vocab_size=len(build_char_tokenizer()))
+    distributed.initialize(seed=cfg.seed)
+    save_checkpoint(root, 0, build_model(cfg), shape=cfg.shape)
+    distributed.destroy()
+    return train(argv + ["--load", root, "--finetune"])
+
+
 @pytest.mark.skipif(bool(os.environ.get("ROLLOUT_SKIP_VLLM_SPREAD")),
                     reason="ROLLOUT_SKIP_VLLM_SPREAD is set")
-def test_vllm_pp2_stages_generate_halves_and_match_one_process():
+@pytest.mark.parametrize("rollout_tp", [1, 2])
+def test_vllm_pp2_rows_equal_one_process_without_duplicate_generation(rollout_tp, tmp_path):
+    """Training PP=2 (TP 1). Rollout TP 1: each stage's engine generates half of the prompts.
+    Rollout TP 2 (!= training TP): one engine over both stages generates all prompts once, its
+    first rank sends the samples to both stages."""
     pytest.importorskip("vllm")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     greedy = HPT_RUN + ["--rollout-temperature", "0", "--hpt-mode", "off"]
-    ref = run_distributed(train, 1, greedy)[0]
+    init = str(tmp_path / "init")
+    ref = run_distributed(_save_then_train, 1, init, greedy)[0]
     got = run_distributed(_train_logging_vllm_prompts, 2,
-                          greedy + ["--rollout-engine", "vllm", "--pipeline-model-parallel-size",
-                                    "2", "--rollout-tensor-parallel-size", "1"], timeout=540)
+                          greedy + ["--load", init, "--finetune", "--rollout-engine", "vllm",
+                                    "--pipeline-model-parallel-size", "2",
+                                    "--rollout-tensor-parallel-size", str(rollout_tp)],
+                          timeout=540)
     (_, _, log0), (_, metrics, log1) = got
-    # 2 iterations x 4 prompts: each stage's engine got 2 distinct prompts per rollout batch
-    # (the 4 prompts of the step split in halves), none generated twice; the last call is the
-    # final held-out evaluation (greedy_accuracy: every engine decodes the same problems)
-    assert [len(call) for call in log0[:2]] == [2, 2] == [len(call) for call in log1[:2]]
+    # 2 iterations x 4 prompts; the last call of each log is the final held-out evaluation
+    # (greedy_accuracy: every engine decodes the same problems)
     for step in range(2):
-        both = log0[step] + log1[step]
-        assert len({tuple(p) for p in both}) == 4
+        if rollout_tp == 1:  # halves, none generated twice
+            assert len(log0[step]) == len(log1[step]) == 2
+            assert len({tuple(p) for p in log0[step] + log1[step]}) == 4
+        else:  # one engine: both of its ranks are called with the same 4 prompts
+            assert log0[step] == log1[step] and len({tuple(p) for p in log0[step]}) == 4
     for key in ("response length", "reward", "truncated"):
         assert [m[key] for m in metrics] == pytest.approx([m[key] for m in ref], rel=1e-6), key
     assert _losses(metrics) == pytest.approx(_losses(ref), rel=1e-4, abs=1e-5)
