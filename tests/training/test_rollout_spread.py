@@ -62,20 +62,28 @@ def _save_then_train(root, argv):
     return train(argv + ["--load", root, "--finetune"])
 
 
+GREEDY = HPT_RUN + ["--rollout-temperature", "0", "--hpt-mode", "off"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The saved starting weights and the one-process (embedded engine) run from them."""
+    init = str(tmp_path_factory.mktemp("spread") / "init")
+    return init, run_distributed(_save_then_train, 1, init, GREEDY)[0]
+
+
 @pytest.mark.skipif(bool(os.environ.get("ROLLOUT_SKIP_VLLM_SPREAD")),
                     reason="ROLLOUT_SKIP_VLLM_SPREAD is set")
 @pytest.mark.parametrize("rollout_tp", [1, 2])
-def test_vllm_pp2_rows_equal_one_process_without_duplicate_generation(rollout_tp, tmp_path):
+def test_vllm_pp2_rows_equal_one_process_without_duplicate_generation(rollout_tp, one_process):
     """Training PP=2 (TP 1). Rollout TP 1: each stage's engine generates half of the prompts.
     Rollout TP 2 (!= training TP): one engine over both stages generates all prompts once, its
     first rank sends the samples to both stages."""
     pytest.importorskip("vllm")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    greedy = HPT_RUN + ["--rollout-temperature", "0", "--hpt-mode", "off"]
-    init = str(tmp_path / "init")
-    ref = run_distributed(_save_then_train, 1, init, greedy)[0]
+    init, ref = one_process
     got = run_distributed(_train_logging_vllm_prompts, 2,
-                          greedy + ["--load", init, "--finetune", "--rollout-engine", "vllm",
+                          GREEDY + ["--load", init, "--finetune", "--rollout-engine", "vllm",
                                     "--pipeline-model-parallel-size", "2",
                                     "--rollout-tensor-parallel-size", str(rollout_tp)],
                           timeout=540)
