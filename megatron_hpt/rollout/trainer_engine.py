@@ -6,10 +6,25 @@ current weights before each rollout phase, put to sleep after it.
     ...optimizer step...
     engine.weights_changed()
 
-``embedded`` decodes with the training model itself (nothing to sync). ``vllm`` starts a
-colocated vLLM (TP = training TP, external launcher) from the HF config of the model, with dummy
-weights, and receives the Megatron weights through ``export_hf_weights`` in buckets of
-``--rollout-weight-bucket-mb`` before each rollout phase; between phases it sleeps (GPU only).
+``embedded`` decodes with the training model itself (nothing to sync; it "sleeps" at level 1,
+a no-op). ``vllm`` starts a colocated vLLM (TP = training TP, external launcher) from the HF
+config of the model, with dummy weights, and receives the Megatron weights through
+``export_hf_weights`` in buckets of ``--rollout-weight-bucket-mb`` before each rollout phase.
+
+One ``generate`` is one rollout phase of the colocation choreography (``rollout/phases.py``;
+``training/colocation.py`` says what moves and why in this order):
+
+    training -> sync     memory.release_optimizer_state()   grads + optimizer -> host (--offload-train)
+                         engine.wake_up(tags=["weights"])   (if asleep)
+                         engine.update_weights(stream)      reads the params, still on the device
+             -> rollout  memory.release_params()            params -> host
+                         engine.wake_up(tags=["kv_cache"])  (if asleep)
+                         engine.generate(...)
+                         engine.sleep(level=2)              weights dropped: the next phase re-streams
+             -> training memory.restore()                   the training state back, bit for bit
+
+(``sync`` is skipped when the engine already holds the current weights; ``memory`` is None
+without --offload-train.)
 """
 from __future__ import annotations
 
@@ -19,6 +34,7 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_hpt.rollout.engines import engine_for_policy
+from megatron_hpt.rollout.phases import ROLLOUT, SYNC, TRAINING, PhaseMachine
 from megatron_hpt.rollout.protocol import RolloutSample, SamplingParams
 from megatron_hpt.rollout.vllm_engine import shape_config_dir, vllm_dtype  # noqa: F401 (re-export)
 
@@ -38,6 +54,14 @@ class TrainerEngine:
         # an engine on the training parameters has nothing to sync; any other starts with
         # placeholder weights until the first stream
         self._stale = not self.engine.shares_training_weights
+        #: an engine with its own weights sleeps at level 2 (weights dropped, re-sent by the
+        #: next stream); one on the training weights at level 1 (there: nothing to release)
+        self.sleep_level = 1 if self.engine.shares_training_weights else 2
+        self._asleep = False
+        self.phases = PhaseMachine()
+        #: the trainer's side of the choreography (training/colocation.py), set by
+        #: ``colocation.attach`` under --offload-train
+        self.memory = None
 
     def weights_changed(self) -> None:
         """Call after each optimizer step: the next ``generate`` streams the new weights."""
@@ -46,16 +70,36 @@ class TrainerEngine:
 
     def generate(self, prompt_token_ids: Sequence[Sequence[int]], n: int,
                  sampling: SamplingParams) -> List[RolloutSample]:
+        """One rollout phase (the module docstring's choreography)."""
+        memory, engine = self.memory, self.engine
+        self.phases.to(SYNC if self._stale else ROLLOUT)
+        woke_weights = False
+        if memory is not None:
+            memory.release_optimizer_state()
         if self._stale:
+            if self._asleep:
+                engine.wake_up(tags=["weights"])
+                woke_weights = True
             from megatron_hpt.rollout.weights import export_hf_weights
-            self.engine.update_weights(export_hf_weights(
+            engine.update_weights(export_hf_weights(
                 self.model_chunks, self.cfg.shape, self.cfg.rollout.weight_bucket_mb))
             self._stale = False
-        self.engine.wake_up()
+            self.phases.to(ROLLOUT)
+        if memory is not None:
+            memory.release_params()
+        if self._asleep:
+            engine.wake_up(tags=["kv_cache"] if woke_weights else None)
+        self._asleep = False
         try:
-            return self.engine.generate(prompt_token_ids, n, sampling)
+            return engine.generate(prompt_token_ids, n, sampling)
         finally:
-            self.engine.sleep()
+            engine.sleep(level=self.sleep_level)
+            self._asleep = True
+            if self.sleep_level == 2:
+                self._stale = True  # the weights are gone: the next phase streams them again
+            if memory is not None:
+                memory.restore()
+            self.phases.to(TRAINING)
 
     def shutdown(self) -> None:
         """Release the engine (vLLM: its engine core); the training process groups stay."""
