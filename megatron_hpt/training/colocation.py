@@ -181,10 +181,15 @@ def host_reference(cfg, chunks: list):
 
 def attach(cfg, task, model_chunks, optimizer) -> Optional[TrainingStateOffload]:
     """--offload-train: hand the RL task's rollout engine the trainer's side of the choreography
-    (``TrainerEngine.memory``). Returns it, or None when the run keeps its state on the device."""
+    (``TrainerEngine.memory``); an engine with its own weights logs its transitions. Returns the
+    memory side, or None when the run keeps its state on the device."""
     engine = getattr(task, "engine", None)
+    if engine is None:
+        return None
+    if not engine.engine.shares_training_weights:
+        engine.log = _log_on_logging_rank  # the engine's transitions: wake, stream, sleep
     colo = getattr(cfg, "colocation", None)
-    if engine is None or colo is None or not colo.offload_train:
+    if colo is None or not colo.offload_train:
         return None
     engine.memory = TrainingStateOffload(model_chunks, optimizer, _log_on_logging_rank)
     return engine.memory

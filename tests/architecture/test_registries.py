@@ -81,7 +81,7 @@ class _FakeEngine:
         return []
 
     def update_weights(self, stream):
-        self.log.append(("update_weights", list(stream)))
+        self.log.append(("update_weights", [[name for name, _ in b] for b in stream]))
 
     def sleep(self, level=1):
         self.log.append(("sleep", level))
@@ -105,7 +105,7 @@ def test_trainer_engine_reads_the_protocol_not_the_name(monkeypatch, shares):
 
     fake = type("Fake", (_FakeEngine,), dict(shares_training_weights=shares, log=[]))
     monkeypatch.setitem(engines.ENGINES, "fake", engines.EngineSpec(fake, "a test engine"))
-    monkeypatch.setattr(weights, "export_hf_weights", lambda chunks, shape, mb: iter([["bucket"]]))
+    monkeypatch.setattr(weights, "export_hf_weights", lambda chunks, shape, mb: iter([[("w", torch.zeros(1))]]))
     cfg = SimpleNamespace(rollout=SimpleNamespace(engine="fake", weight_bucket_mb=1,
                                                     gpu_memory_utilization=0.5), shape=None,
                           parallel=SimpleNamespace(tensor_model_parallel_size=1), seed=0,
@@ -121,7 +121,7 @@ def test_trainer_engine_reads_the_protocol_not_the_name(monkeypatch, shares):
         first = [("generate", 2), ("sleep", 1)]
         second = [("wake_up", None)] + first
     else:
-        first = [("update_weights", [["bucket"]]), ("generate", 2), ("sleep", 2)]
+        first = [("update_weights", [["w"]]), ("generate", 2), ("sleep", 2)]
         second = [("wake_up", ["weights"]), first[0], ("wake_up", ["kv_cache"])] + first[1:]
     assert fake.log == [("from_policy", 32, None)] + first + second + [("shutdown",)]
     assert engine.phases.history == ["training"] + (["rollout", "training"] if shares else
