@@ -18,6 +18,8 @@ from megatron_hpt.models.shape import ModelShape
 from megatron_hpt.platform import cuda_available
 from megatron_hpt.rewards import REWARDS
 from megatron_hpt.training.performance import performance_flag_errors, virtual_pipeline_size
+from megatron_hpt.training.colocation import (ColocationConfig, add_colocation_arguments,
+                                              colocation_config_from_args, colocation_errors)
 from megatron_hpt.rollout.config import (RolloutConfig, add_rollout_arguments, rl_config_errors,
                                          rollout_config_from_args, rows_per_rollout)
 
@@ -188,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add in (add_model_arguments, add_parallel_arguments, add_precision_arguments,
                 add_optimizer_arguments, add_training_arguments, add_checkpoint_arguments,
-                add_logging_arguments, add_rollout_arguments, _add_loss_arguments):
+                add_logging_arguments, add_rollout_arguments, add_colocation_arguments,
+                _add_loss_arguments):
         add(p)
     return p
 
@@ -325,6 +328,8 @@ class TrainingConfig:
     every other preset runs the RL task with rollouts)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Rollouts and the HPT gate (used by every preset but sft)."""
+    colocation: ColocationConfig = field(default_factory=ColocationConfig)
+    """What leaves the GPU around rollout phases (training/colocation.py)."""
 
 
 # ============================ validation ============================
@@ -402,6 +407,7 @@ def validate(cfg: TrainingConfig, world_size: int) -> None:
     if cfg.loss is not None and cfg.loss_preset != "sft":
         errors += rl_config_errors(cfg, pp, dp)
     errors += performance_flag_errors(cfg, pp, cfg.global_batch_size // per_step)
+    errors += colocation_errors(cfg)
     if cfg.max_skipped_iterations < 1:
         errors.append(f"--max-skipped-iterations must be >= 1, got {cfg.max_skipped_iterations}")
     if cfg.save_interval is not None and not cfg.save:
@@ -512,6 +518,7 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
         eval_interval=args.eval_interval, loss=loss_cfg, loss_preset=args.loss_preset,
         rollout=rollout_config_from_args(args),
+        colocation=colocation_config_from_args(args),
     )
     cfg.reward_type = _reward_type(args)
     if args.loss_preset != "sft" and args.global_batch_size is None:

@@ -64,6 +64,7 @@ from megatron_hpt.training.dynamic_sampling import fill_batch
 from megatron_hpt.training.grading import grade_replica
 from megatron_hpt.training.loss_head import LossHead
 from megatron_hpt.training.old_policy import needs_entropy_early, old_logprob_source
+from megatron_hpt.training.colocation import reference_on_device
 from megatron_hpt.training.setup import build_reference_model
 from megatron_hpt.training.step import forward_logprobs
 from megatron_hpt.training.held_out import greedy_accuracy
@@ -100,14 +101,15 @@ class RlTask:
         self.reward = reward_fn(cfg.reward_type or self.source.default_reward, cfg.reward_timeout)
         self._pool, self.reward_stats = None, {}
         self.loss_fn = LossHead(cfg.loss, temperature=cfg.rollout.temperature or 1.0)
+        #: frozen copy of the starting policy, only when a KL term needs reference log-probs;
+        #: built before the engine (with --offload-reference it is on the host when vLLM starts)
+        self.reference = build_reference_model(cfg, model) if cfg.loss.kl_coef > 0 else None
         self.engine = TrainerEngine(cfg, model, tokenizer)
         self.stats: Dict[str, float] = {}
         self.stats_extra: Dict[str, float] = {}
         #: optimizer steps per rollout batch (PPO mini-batches): rows of a rollout / global batch
         self.updates = rows_per_rollout(cfg) // cfg.global_batch_size
         self._rollout_index, self._mini_batches = None, []
-        #: frozen copy of the starting policy, only when a KL term needs reference log-probs
-        self.reference = build_reference_model(cfg, model) if cfg.loss.kl_coef > 0 else None
 
     # ------------------------------------------------------------------ one step's rows
     def micro_batches(self, iteration: int) -> List[Batch]:
@@ -240,8 +242,9 @@ class RlTask:
 
     def _reference_logprobs(self, micro_batches) -> None:
         """Log-probs of the frozen reference policy for the KL terms (last pipeline stage)."""
-        ref = forward_logprobs(self.reference, micro_batches, self.cfg.seq_length,
-                               self.cfg.rollout.temperature or 1.0)
+        with reference_on_device(self.reference):  # --offload-reference: host memory otherwise
+            ref = forward_logprobs(self.reference, micro_batches, self.cfg.seq_length,
+                                   self.cfg.rollout.temperature or 1.0)
         for mb, (logprobs, _) in zip(micro_batches, ref):
             mb.ref_logprobs = logprobs * mb.response_mask
 
