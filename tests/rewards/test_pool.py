@@ -4,7 +4,6 @@ that raises is reported with its answer (the trainer stops naming it); the score
 in-process grading; a replica grades once and every rank gets the scores."""
 import time
 
-import pytest
 
 from dist_utils import run_distributed
 from megatron_hpt.rewards import math_reward

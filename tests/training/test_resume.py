@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 
 from dist_utils import run_distributed
 from training.common import TINY_MODEL
