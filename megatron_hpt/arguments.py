@@ -391,14 +391,10 @@ def _vpp_size(args, shape: ModelShape, pp: int) -> Optional[int]:  # chunks per 
         raise ConfigError(str(e)) from e
 
 
-def _resolve_impl(requested: Optional[str]) -> str:
-    from megatron_hpt.models.provider import resolve_transformer_impl
-    return resolve_transformer_impl(requested)
-
-
 def build_config(args: argparse.Namespace, world_size: int = 1,
                  tokenizer_vocab_size: Optional[int] = None) -> TrainingConfig:
     """Turn parsed flags into a validated TrainingConfig (raises ConfigError)."""
+    from megatron_hpt.models.provider import resolve_transformer_impl  # megatron's model modules
     tp, pp, cp = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                   args.context_parallel_size)
     for name, v in (("tensor", tp), ("pipeline", pp), ("context", cp)):
@@ -430,7 +426,7 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
             args.overlap_param_gather, args.recompute_granularity, args.recompute_method,
             args.recompute_num_layers, args.distributed_timeout_minutes),
         params_dtype=dtype, fp8_format=args.fp8_format, fp8_recipe=args.fp8_recipe,
-        transformer_impl=_resolve_impl(args.transformer_impl),
+        transformer_impl=resolve_transformer_impl(args.transformer_impl),
         seq_length=args.seq_length or min(shape.max_position_embeddings, 64),
         micro_batch_size=args.micro_batch_size,
         global_batch_size=args.global_batch_size or args.micro_batch_size * dp,
