@@ -1,4 +1,4 @@
-"""DAPO dynamic sampling in the RL task (training/dynamic_sampling.py): groups whose rewards are
+"""DAPO dynamic sampling in the RL task (training/rl/dynamic_sampling.py): groups whose rewards are
 all equal are dropped and more prompts drawn until the batch is full, at most
 --max-rollout-rounds rounds; the rest is logged."""
 import pytest
@@ -16,9 +16,6 @@ class RoundEngine:
 
     def __init__(self, tok, answers):
         self.tok, self.answers, self.round = tok, answers, 0
-
-    def data_parallel_seed(self, base, iteration):
-        return iteration
 
     def generate(self, prompt_ids, n, sampling):
         out = []
