@@ -24,3 +24,6 @@ export CPU_DEMO_START=${CPU_DEMO_START:-$(date +%s.%N)}
 export OUT=${OUT:-runs/cpu_demo}
 mkdir -p "$OUT"
 python "$(dirname "$0")/cpu_demo.py" "$@" 2>&1 | tee "$OUT/demo.log"
+ACC=$(grep -o "final held-out greedy accuracy [0-9.]*" "$OUT/demo.log" | tail -1 | awk '{print $5}')
+WALL=$(awk -v a="$CPU_DEMO_START" -v b="$(date +%s.%N)" 'BEGIN {printf "%.0f", b - a}')
+echo "cpu demo: held-out greedy accuracy ${ACC} (64 problems never trained on) after ${WALL} s wall"
