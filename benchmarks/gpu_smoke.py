@@ -185,6 +185,7 @@ def check_loss_head_bf16_vs_fp32(work: str) -> str:
 
 
 def check_vllm_generate_update_sleep_wake(work: str) -> str:
+    import torch
     from megatron_hpt.conversion.safetensors_io import HFSafetensors
     from megatron_hpt.rollout import SamplingParams
     from megatron_hpt.rollout.vllm_engine import VllmEngine
@@ -198,9 +199,21 @@ def check_vllm_generate_update_sleep_wake(work: str) -> str:
     engine.update_weights([[(n, hf.get(n).cuda()) for n in hf.shape_of]])  # the same weights back
     engine.wake_up()
     after = [s.response_token_ids for s in engine.generate(prompts, 1, greedy)]
-    engine.shutdown()
     assert before == after, f"greedy output changed across update + sleep/wake: {before} vs {after}"
-    return f"greedy output identical after update + sleep/wake ({sum(map(len, after))} tokens)"
+    # the trainer's cycle (TrainerEngine): level 2 drops the weights, which the stream re-sends
+    # between waking the weights and waking the KV cache
+    free_awake = torch.cuda.mem_get_info()[0]
+    engine.sleep(level=2)
+    freed = torch.cuda.mem_get_info()[0] - free_awake
+    engine.wake_up(tags=["weights"])
+    engine.update_weights([[(n, hf.get(n).cuda()) for n in hf.shape_of]])
+    engine.wake_up(tags=["kv_cache"])
+    again = [s.response_token_ids for s in engine.generate(prompts, 1, greedy)]
+    engine.shutdown()
+    assert freed > 0, f"sleep(level=2) freed {freed} bytes"
+    assert before == again, f"greedy output changed across a level-2 sleep + re-stream: {before} vs {again}"
+    return (f"greedy output identical after update + sleep/wake and after sleep(level=2) + "
+            f"re-stream ({sum(map(len, again))} tokens; level 2 freed {freed / 2**30:.2f} GiB)")
 
 
 IN_PROCESS = {"te_spec_names": check_te_spec_names, "loss_head_bf16_vs_fp32": check_loss_head_bf16_vs_fp32,

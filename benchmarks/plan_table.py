@@ -12,7 +12,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from megatron_hpt.planning.memory import GiB, Cluster, Layout, Rollout, plan  # noqa: E402
 from megatron_hpt.planning.presets import NAMED_SHAPES  # noqa: E402
-from megatron_hpt.planning.steptime import step_seconds  # noqa: E402
 
 #: model, nodes, layout, rollout: the layouts of examples/slurm/hpt.sbatch (MODEL_SIZE 8b/32b/70b)
 ROWS = [
@@ -35,7 +34,7 @@ def table() -> str:
     for name, nodes, lay, ro in ROWS:
         shape, cluster = NAMED_SHAPES[name], Cluster(nodes=nodes)
         p = plan(shape, cluster, lay, ro)
-        t, s, r = p.phases["train"], p.phases["sync"], p.phases["rollout"]
+        t, r = p.phases["train"], p.phases["rollout"]
         lines.append(
             f"| {name} | {nodes} | {lay.describe()}, rollout TP{ro.tp} util {ro.gpu_memory_utilization:g} | "
             f"{p.info['params_per_rank'] / 1e9:.2f}B | {p.total('train') / GiB:.1f} "

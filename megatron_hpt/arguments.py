@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
@@ -17,9 +17,13 @@ from megatron_hpt.models.hf_config import load_hf_config, shape_from_hf_config
 from megatron_hpt.models.shape import ModelShape
 from megatron_hpt.platform import cuda_available
 from megatron_hpt.rewards import REWARDS
+from megatron_hpt.training.config_checks import layout_errors, run_flag_errors
 from megatron_hpt.training.performance import performance_flag_errors, virtual_pipeline_size
-from megatron_hpt.rollout.config import (RolloutConfig, add_rollout_arguments, rl_config_errors,
-                                         rollout_config_from_args, rows_per_rollout)
+from megatron_hpt.training.colocation import (ColocationConfig, add_colocation_arguments,
+                                              colocation_config_from_args, colocation_errors)
+from megatron_hpt.rollout.config import RolloutConfig, add_rollout_arguments, rollout_config_from_args
+from megatron_hpt.training.rl.config import (RlConfig, add_rl_arguments, rl_config_errors,
+                                             rl_config_from_args, rows_per_rollout)
 
 
 class ConfigError(ValueError):
@@ -188,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add in (add_model_arguments, add_parallel_arguments, add_precision_arguments,
                 add_optimizer_arguments, add_training_arguments, add_checkpoint_arguments,
-                add_logging_arguments, add_rollout_arguments, _add_loss_arguments):
+                add_logging_arguments, add_rollout_arguments, add_rl_arguments,
+                add_colocation_arguments, _add_loss_arguments):
         add(p)
     return p
 
@@ -324,88 +329,25 @@ class TrainingConfig:
     """Name of the preset the loss config started from (sft trains on demonstrations only;
     every other preset runs the RL task with rollouts)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    """Rollouts and the HPT gate (used by every preset but sft)."""
+    """Rollout engine and sampling (used by every preset but sft)."""
+    rl: RlConfig = field(default_factory=RlConfig)
+    """The RL task's HPT gate and DAPO rounds (training/rl/config.py)."""
+    colocation: ColocationConfig = field(default_factory=ColocationConfig)
+    """What leaves the GPU around rollout phases (training/colocation.py)."""
 
 
 # ============================ validation ============================
 
-def _te_available() -> bool:
-    from megatron_hpt.models.provider import transformer_engine_available
-    return transformer_engine_available()
-
-
 def validate(cfg: TrainingConfig, world_size: int) -> None:
     """Raise ConfigError for every impossible combination, before anything is allocated."""
-    par, s = cfg.parallel, cfg.shape
+    par = cfg.parallel
     tp, pp, cp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size
-    errors: List[str] = []
-    if cfg.skip_grad_norm_above is not None and not cfg.skip_grad_norm_above > 0:
-        errors.append(f"--skip-grad-norm-above {cfg.skip_grad_norm_above} must be > 0")
-    if world_size % (tp * pp * cp):
-        errors.append(f"world size {world_size} is not divisible by TP x PP x CP = {tp}x{pp}x{cp}; "
-                      f"launch a multiple of {tp * pp * cp} processes")
-    if s.num_attention_heads % tp:
-        errors.append(f"--num-attention-heads {s.num_attention_heads} is not divisible by "
-                      f"--tensor-model-parallel-size {tp}; choose a TP size that divides it")
-    if s.num_query_groups % tp:
-        errors.append(f"--num-query-groups {s.num_query_groups} is not divisible by "
-                      f"--tensor-model-parallel-size {tp}; choose a TP size that divides it")
-    if s.vocab_size % tp:
-        errors.append(f"vocabulary size {s.vocab_size} is not divisible by "
-                      f"--tensor-model-parallel-size {tp}")
-    if s.num_layers % pp:
-        errors.append(f"--num-layers {s.num_layers} is not divisible by "
-                      f"--pipeline-model-parallel-size {pp}; choose a PP size that divides it")
-    if cp > 1 and cfg.seq_length % (2 * cp):
-        errors.append(f"--seq-length {cfg.seq_length} is not a multiple of 2 x "
-                      f"--context-parallel-size = {2 * cp} (load-balanced CP split)")
-    needs_te = [name for name, on in (("--context-parallel-size > 1", cp > 1),
-                                      ("--sequence-parallel", par.sequence_parallel),
-                                      ("--fp8-format", cfg.fp8_format is not None),
-                                      ("--transformer-impl transformer_engine",
-                                       cfg.transformer_impl == "transformer_engine")) if on]
-    if needs_te and not _te_available():
-        errors.append(f"{', '.join(needs_te)} needs Transformer Engine, which is not installed: "
-                      "on a CUDA machine run `pip install -e .[gpu]` (or use the Dockerfile), "
-                      "or drop the flag")
-    if par.sequence_parallel and tp == 1:
-        errors.append("--sequence-parallel needs --tensor-model-parallel-size > 1")
-    if par.use_distributed_optimizer and not cuda_available():
-        errors.append("--use-distributed-optimizer needs CUDA (megatron-core shards optimizer state "
-                      "in CUDA buffers); drop the flag on CPU")
-    if cfg.fp8_format is not None and not cuda_available():
-        errors.append("--fp8-format needs a CUDA GPU with FP8 support (Hopper or newer)")
-    if cfg.params_dtype != torch.float32 and not cuda_available():
-        errors.append("--bf16/--fp16 training needs CUDA here (megatron's mixed-precision optimizer "
-                      "keeps CUDA main-grad buffers); drop the flag on CPU")
     dp = world_size // max(1, tp * pp * cp)
-    per_step = cfg.micro_batch_size * max(dp, 1)
-    if cfg.max_tokens_per_micro_batch is not None and cfg.max_tokens_per_micro_batch < cfg.seq_length:
-        errors.append(f"--max-tokens-per-micro-batch {cfg.max_tokens_per_micro_batch} is less than "
-                      f"--seq-length {cfg.seq_length}: a full-length row would fit nowhere")
-    if cfg.sequence_packing and not cfg.max_tokens_per_micro_batch:
-        errors.append("--sequence-packing needs --max-tokens-per-micro-batch (the size of a pack)")
-    if cfg.sequence_packing and not (_te_available() and cuda_available()):
-        errors.append("--sequence-packing needs THD attention (Transformer Engine on CUDA); on "
-                      "this machine --max-tokens-per-micro-batch alone gives padded micro-batches")
-    if cfg.sequence_packing and cp > 1:
-        errors.append("--sequence-packing with --context-parallel-size > 1 is not supported "
-                      "(the THD stream is not split over CP ranks); drop one of them")
-    if cfg.reward_workers < 0:
-        errors.append(f"--reward-workers {cfg.reward_workers} must be >= 0")
-    if cfg.max_tokens_per_micro_batch is None and cfg.global_batch_size % per_step:
-        errors.append(f"--global-batch-size {cfg.global_batch_size} is not divisible by "
-                      f"--micro-batch-size x data-parallel size = {cfg.micro_batch_size}x{dp}")
-    if cfg.seq_length > s.max_position_embeddings:
-        errors.append(f"--seq-length {cfg.seq_length} exceeds --max-position-embeddings "
-                      f"{s.max_position_embeddings}")
+    errors = layout_errors(cfg, world_size) + run_flag_errors(cfg)
     if cfg.loss is not None and cfg.loss_preset != "sft":
         errors += rl_config_errors(cfg, pp, dp)
-    errors += performance_flag_errors(cfg, pp, cfg.global_batch_size // per_step)
-    if cfg.max_skipped_iterations < 1:
-        errors.append(f"--max-skipped-iterations must be >= 1, got {cfg.max_skipped_iterations}")
-    if cfg.save_interval is not None and not cfg.save:
-        errors.append("--save-interval needs --save DIR")
+    errors += performance_flag_errors(cfg, pp, cfg.global_batch_size // (cfg.micro_batch_size * max(dp, 1)))
+    errors += colocation_errors(cfg)
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 
@@ -449,14 +391,10 @@ def _vpp_size(args, shape: ModelShape, pp: int) -> Optional[int]:  # chunks per 
         raise ConfigError(str(e)) from e
 
 
-def _resolve_impl(requested: Optional[str]) -> str:
-    from megatron_hpt.models.provider import resolve_transformer_impl
-    return resolve_transformer_impl(requested)
-
-
 def build_config(args: argparse.Namespace, world_size: int = 1,
                  tokenizer_vocab_size: Optional[int] = None) -> TrainingConfig:
     """Turn parsed flags into a validated TrainingConfig (raises ConfigError)."""
+    from megatron_hpt.models.provider import resolve_transformer_impl  # megatron's model modules
     tp, pp, cp = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                   args.context_parallel_size)
     for name, v in (("tensor", tp), ("pipeline", pp), ("context", cp)):
@@ -488,7 +426,7 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
             args.overlap_param_gather, args.recompute_granularity, args.recompute_method,
             args.recompute_num_layers, args.distributed_timeout_minutes),
         params_dtype=dtype, fp8_format=args.fp8_format, fp8_recipe=args.fp8_recipe,
-        transformer_impl=_resolve_impl(args.transformer_impl),
+        transformer_impl=resolve_transformer_impl(args.transformer_impl),
         seq_length=args.seq_length or min(shape.max_position_embeddings, 64),
         micro_batch_size=args.micro_batch_size,
         global_batch_size=args.global_batch_size or args.micro_batch_size * dp,
@@ -511,7 +449,8 @@ def build_config(args: argparse.Namespace, world_size: int = 1,
         exit_signal=args.exit_signal if args.exit_signal_handler else None,
         log_interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
         eval_interval=args.eval_interval, loss=loss_cfg, loss_preset=args.loss_preset,
-        rollout=rollout_config_from_args(args),
+        rollout=rollout_config_from_args(args), rl=rl_config_from_args(args),
+        colocation=colocation_config_from_args(args),
     )
     cfg.reward_type = _reward_type(args)
     if args.loss_preset != "sft" and args.global_batch_size is None:

@@ -15,7 +15,7 @@ import traceback
 from typing import Dict, List, Optional
 
 from megatron_hpt.arguments import ConfigError
-from megatron_hpt.training import distributed, preflight, resume
+from megatron_hpt.training import colocation, distributed, preflight, resume
 from megatron_hpt.training.checkpoint import load_checkpoint
 from megatron_hpt.training.logging import MetricsLogger, format_iteration_line, is_logging_rank
 from megatron_hpt.training.nonfinite import NonFiniteStop, SkipCounter, assert_finite_weights
@@ -44,6 +44,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, object]:
         start = load_checkpoint(cfg.load, model, None if cfg.no_load_optim else optimizer,
                                 scheduler, finetune=cfg.finetune)
     task = build_task(cfg, tokenizer, model, prompts)
+    colocation.attach(cfg, task, model, optimizer)  # --offload-train: state leaves the GPU in rollouts
     history, skips = [], SkipCounter(cfg.max_skipped_iterations)
     if cfg.load and not cfg.finetune:
         resume.restore(cfg, task, skips)  # RNG (unless --no-load-rng), pending rollouts, skips

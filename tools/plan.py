@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seq-length", type=int, default=4096)
     g.add_argument("--fp32", action="store_true", help="fp32 training (default bf16)")
     g.add_argument("--offload-train", action="store_true",
-                   help="what-if: params, grads and optimizer leave the GPU for the rollout "
-                        "(training/offload.py; not yet called by the RL loop: never suggested)")
+                   help="params, grads and optimizer leave the GPU for the rollout, as the "
+                        "trainer's --offload-train does (its default with vllm on CUDA; "
+                        "training/colocation.py); off here unless given, and never suggested")
     r = p.add_argument_group("rollout")
     r.add_argument("--rollout-tensor-parallel-size", type=int, default=None,
                    help="vLLM engine TP (default: the training TP)")

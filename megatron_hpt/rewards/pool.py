@@ -6,7 +6,7 @@ math-verify bounds each of its three steps, parse gold / parse answer / verify, 
 limit is killed and replaced, one that dies (a crash in native code, ``os._exit``) is replaced;
 either way that answer scores 0 and is counted (``timeouts``, ``failures``). A grader that
 raises a Python exception has a bug: the answer is reported in ``raised`` and the trainer stops
-naming it (training/grading.py, rl_task.py). The pool lives as long as the trainer (workers start once, with
+naming it (training/rl/grade.py). The pool lives as long as the trainer (workers start once, with
 the grader imported) and keeps ``workers`` answers in flight. A worker is a fresh interpreter
 (``python -m megatron_hpt.rewards.pool FD GRADER TIMEOUT``, talking over a socket pair), so it
 never re-imports the trainer's main module, torch or megatron.

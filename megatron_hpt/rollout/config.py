@@ -1,7 +1,6 @@
-"""Rollout and RL-task configuration: the ``--rollout-*`` / ``--hpt-*`` flags, ``RolloutConfig``,
-and the checks an RL run must pass before anything is allocated (``arguments.validate`` calls
-``rl_config_errors``). The row arithmetic of a rollout batch lives here too: per prompt its n
-rollouts and, for presets that train on them, its demonstration."""
+"""Rollout configuration: the engine and sampling flags (``--rollout-*``, ``--n-samples-per-prompt``),
+``RolloutConfig`` and the engine's own checks (``engine_errors``). The RL task's flags (HPT gate,
+DAPO rounds), its row arithmetic and its checks are in ``training/rl/config.py``."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +12,7 @@ from megatron_hpt.rollout.engines import (DEFAULT_ENGINE, ENGINES, check_engine_
 
 
 def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("rollouts and the HPT gate (any --loss-preset other than sft)")
+    g = p.add_argument_group("rollouts (any --loss-preset other than sft)")
     g.add_argument("--rollout-engine", default=DEFAULT_ENGINE, choices=tuple(ENGINES),
                    help="; ".join(f"{name}: {spec.help}" for name, spec in ENGINES.items()))
     g.add_argument("--rollout-weight-bucket-mb", type=int, default=512,
@@ -32,16 +31,6 @@ def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
                    help="old log-probs: the engine's sampled-token log-probs, or one forward pass "
                         "of the training model (auto: recompute for vllm, whose kernels and "
                         "precision differ from training; engine for embedded, the same model)")
-    g.add_argument("--max-rollout-rounds", type=int, default=4,
-                   help="DAPO dynamic sampling (presets with filter_groups, e.g. dapo): at most "
-                        "this many rounds of --rollout-batch-size prompts per step to replace "
-                        "groups whose rewards are all equal")
-    g.add_argument("--hpt-gate", type=int, default=0,
-                   help="HPT switch mode: a prompt with <= this many correct rollouts takes the "
-                        "SFT branch (0 for Qwen, 2 for Llama in the paper)")
-    g.add_argument("--hpt-mode", default=None, choices=("switch", "soft", "off"),
-                   help="default: switch for the hpt presets, off otherwise. switch: gate as released; soft: the paper's per-count coefficient table; "
-                        "off: every prompt on the RL branch, demonstrations as the preset uses them")
 
 
 @dataclass
@@ -65,15 +54,9 @@ class RolloutConfig:
     """Top-k sampling (0 = off)."""
     max_response_len: Optional[int] = None
     """Max new tokens per rollout (None: what the sequence length leaves after the prompt)."""
-    hpt_gate: int = 0
-    """HPT switch mode: prompts with at most this many correct rollouts take the SFT branch."""
-    hpt_mode: str = "switch"
-    """switch | soft | off (see megatron_hpt.hybrid.hpt_gate)."""
     old_logprobs: str = "engine"
     """engine (sampled-token log-probs reported by the engine) or recompute (a forward pass of
     the training model before the update)."""
-    max_rollout_rounds: int = 4
-    """DAPO dynamic sampling: most rounds of prompts drawn per step (training/dynamic_sampling.py)."""
 
 
 def rollout_config_from_args(args: argparse.Namespace) -> RolloutConfig:
@@ -83,9 +66,7 @@ def rollout_config_from_args(args: argparse.Namespace) -> RolloutConfig:
         gpu_memory_utilization=args.rollout_gpu_memory_utilization,
         batch_size=args.rollout_batch_size, n_samples_per_prompt=args.n_samples_per_prompt,
         temperature=args.rollout_temperature, top_p=args.rollout_top_p, top_k=args.rollout_top_k,
-        max_response_len=args.rollout_max_response_len, hpt_gate=args.hpt_gate,
-        max_rollout_rounds=args.max_rollout_rounds,
-        hpt_mode=args.hpt_mode or ("switch" if args.loss_preset.startswith("hpt") else "off"),
+        max_response_len=args.rollout_max_response_len,
         old_logprobs=_auto_old_logprobs(args.rollout_engine)
         if args.rollout_logprobs == "auto" else args.rollout_logprobs)
 
@@ -97,22 +78,10 @@ def _auto_old_logprobs(engine: str) -> str:
     return "engine" if spec is not None and spec.engine.shares_training_weights else "recompute"
 
 
-def uses_demonstrations(cfg) -> bool:
-    """Whether the RL task adds one demonstration row per prompt: the preset trains on demos
-    (SFT term or off-policy demo term) or HPT's gate may send a prompt to its SFT branch."""
-    return cfg.loss.sft_coef > 0 or cfg.loss.demo_rl_coef > 0 or cfg.loss.mixed_group
-
-
-def rows_per_rollout(cfg) -> int:
-    """Rows of one RL rollout batch: per prompt its n rollouts and, if used, its demonstration."""
-    ro = cfg.rollout
-    return ro.batch_size * (ro.n_samples_per_prompt + int(uses_demonstrations(cfg)))
-
-
-def rl_config_errors(cfg, pp: int, dp: int) -> List[str]:
-    """What keeps an RL run (any preset but sft) from starting, one message per problem."""
+def engine_errors(ro: RolloutConfig, pp: int, dp: int) -> List[str]:
+    """What keeps the rollout engine of ``ro`` from running at this layout, one message per
+    problem (``training/rl/config.rl_config_errors`` adds the RL task's own checks)."""
     errors: List[str] = []
-    ro = cfg.rollout
     try:
         check_engine_available(ro.engine)
     except (ImportError, ValueError) as e:
@@ -125,19 +94,4 @@ def rl_config_errors(cfg, pp: int, dp: int) -> List[str]:
     if ro.batch_size % max(dp, 1):
         errors.append(f"--rollout-batch-size {ro.batch_size} is not divisible by the "
                       f"data-parallel size {dp} (each DP rank rolls out its own prompts)")
-    rows = rows_per_rollout(cfg)
-    per_prompt = ro.n_samples_per_prompt + int(uses_demonstrations(cfg))
-    updates = rows // cfg.global_batch_size if cfg.global_batch_size else 0
-    if not updates or rows % cfg.global_batch_size or (ro.batch_size // max(dp, 1)) % updates:
-        errors.append(f"--global-batch-size {cfg.global_batch_size} must be the rows of one "
-                      f"rollout batch, --rollout-batch-size x (--n-samples-per-prompt"
-                      f"{' + 1 demonstration' if uses_demonstrations(cfg) else ''}) = {rows}, "
-                      f"or that divided by a number of updates that divides each DP rank's "
-                      f"prompts (mini-batches of whole groups of {per_prompt} rows); drop the "
-                      f"flag for one update per rollout batch")
-    if ro.max_rollout_rounds < 1:
-        errors.append(f"--max-rollout-rounds {ro.max_rollout_rounds} must be >= 1")
-    if ro.hpt_mode == "soft" and cfg.loss.demo_rl_coef == 0:
-        errors.append("--hpt-mode soft trains the demonstrations off-policy too: add "
-                      "--loss-demo-rl-coef 1")
     return errors

@@ -104,10 +104,11 @@ class EmbeddedEngine:
         for _bucket in stream:
             pass
 
-    def sleep(self) -> None:
-        """Nothing to release: the KV cache lives only inside ``generate``."""
+    def sleep(self, level: int = 1) -> None:
+        """Nothing to release: the KV cache lives only inside ``generate`` and the weights are
+        the trainer's."""
 
-    def wake_up(self) -> None:
+    def wake_up(self, tags: Optional[Sequence[str]] = None) -> None:
         """Nothing to restore (see ``sleep``)."""
 
     def shutdown(self) -> None:

@@ -14,7 +14,7 @@ The truncated-and-renormalised distribution is only used to draw the token. For 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, List, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Iterable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 
@@ -97,12 +97,15 @@ class RolloutEngine(Protocol):
         """Consume a weight stream (Hugging Face names, full shapes) and serve it from now on."""
         ...
 
-    def sleep(self) -> None:
-        """Release what the engine holds between rollout phases (KV cache; weights offloaded)."""
+    def sleep(self, level: int = 1) -> None:
+        """Release what the engine holds between rollout phases: level 1 frees the KV cache and
+        offloads the weights to host memory; level 2 frees both (the next ``update_weights``
+        sends every weight). vLLM's levels; an engine without sleep mode does nothing."""
         ...
 
-    def wake_up(self) -> None:
-        """Undo ``sleep`` before the next ``generate``."""
+    def wake_up(self, tags: Optional[Sequence[str]] = None) -> None:
+        """Undo ``sleep`` before the next ``generate``: ``tags`` ``["weights"]`` (before
+        ``update_weights``), ``["kv_cache"]``, or None for everything still asleep."""
         ...
 
     def shutdown(self) -> None:

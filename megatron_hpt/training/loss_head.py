@@ -60,7 +60,7 @@ class LossHead:
             group=parallel_state.get_tensor_model_parallel_group(), with_entropy=True)
         logprobs, entropy = to_rows(batch, logprobs), to_rows(batch, entropy)
         gap = {}
-        if self.old_from_forward:  # π_old is this forward's policy (training/old_policy.py)
+        if self.old_from_forward:  # π_old is this forward's policy (training/rl/old_policy.py)
             if batch.old_logprobs is not None:
                 gap = {"rollout logprob gap": _gap(batch, logprobs.detach())}
             batch = batch.replace(old_logprobs=logprobs.detach() * batch.response_mask,

@@ -357,7 +357,7 @@ def _check_tensor_shapes(root: str, ckpt_dir: str, s: ModelShape) -> None:
 def read_training_prompts(cfg: TrainingConfig, tokenizer) -> PromptSource:
     """The run's prompt source, read and checked before anything is allocated (ConfigError
     naming file, row and field for a bad row)."""
-    from megatron_hpt.rollout.config import uses_demonstrations
+    from megatron_hpt.training.rl.config import uses_demonstrations
     from megatron_hpt.training.held_out import prompt_source
     need = cfg.loss_preset == "sft" or uses_demonstrations(cfg)
     source = prompt_source(cfg, tokenizer, cfg.data_path, cfg.seed, need_demonstrations=need)

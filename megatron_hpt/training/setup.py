@@ -52,12 +52,14 @@ def build_model(cfg: TrainingConfig) -> List[DistributedDataParallel]:
 def build_reference_model(cfg: TrainingConfig, policy: List[DistributedDataParallel]) -> list:
     """A frozen copy of the policy as it is now (after --load): the reference of the KL terms.
     Same layout as the policy (this rank's TP shard of this PP stage); no DDP, no gradients.
-    Memory: one more copy of the weights per rank (no optimizer state)."""
+    Memory: one more copy of the weights per rank (no optimizer state), in host memory between
+    uses with --offload-reference (a ``colocation.HostReference``; ``reference_on_device``)."""
+    from megatron_hpt.training.colocation import host_reference
     ref, _ = build_model_stage(cfg.shape, dict(transformer_impl=cfg.transformer_impl),
                                **model_parallel_kwargs(cfg))
     ref.load_state_dict(unwrap_model(policy[0]).state_dict(), strict=True)
     ref.requires_grad_(False)
-    return [ref.eval()]
+    return host_reference(cfg, [ref.eval()])
 
 
 def build_optimizer(cfg: TrainingConfig, model: List[DistributedDataParallel]

@@ -5,7 +5,7 @@ function and its normalizers (``loss_fn``, ``attach_normalizers``), and hooks fo
 optimizer step, evaluation and the end of the run.
 
 ``SftTask`` trains next-token prediction on demonstrations with the loss head (``--loss-preset
-sft``: π_ref = sg(π_θ), Â ≡ 1, token-mean NLL). Every other preset runs ``RlTask`` (rl_task.py):
+sft``: π_ref = sg(π_θ), Â ≡ 1, token-mean NLL). Every other preset runs ``RlTask`` (rl/task.py):
 rollouts, rewards, the HPT gate and advantages. Both read prompts from ``data/prompts.py``
 (built-in arithmetic or a data file).
 """
@@ -18,7 +18,7 @@ import torch
 from megatron_hpt import platform
 from megatron_hpt.arguments import TrainingConfig
 from megatron_hpt.data.prompts import BUILTIN, PromptSource
-from megatron_hpt.data.sft_batch import sft_rows
+from megatron_hpt.data.rows import sft_rows
 from megatron_hpt.loss.batch import Batch
 from megatron_hpt.rollout.engines import engine_spec
 from megatron_hpt.training.batches import split_for_rank
@@ -84,5 +84,5 @@ class SftTask:
 def build_task(cfg: TrainingConfig, tokenizer, model, source: PromptSource):
     if cfg.loss_preset == "sft":
         return SftTask(cfg, tokenizer, model, source)
-    from megatron_hpt.training.rl_task import RlTask
+    from megatron_hpt.training.rl.task import RlTask
     return RlTask(cfg, tokenizer, model, source)

@@ -131,3 +131,29 @@ def test_every_module_imports():
         except Exception as e:  # noqa: BLE001 - collect them all
             failed[name] = f"{type(e).__name__}: {e}"
     assert not failed, failed
+
+
+def _reach(graph, start):
+    seen, stack = set(), [start]
+    while stack:
+        for child in graph.get(stack.pop(), []):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
+
+
+def test_rl_steps_stand_alone_below_the_front_door():
+    """The RL task's steps (``training/rl/``, all but ``task.py``) reach neither ``arguments.py``
+    nor the task: they read any object with the config's fields, so each can be tested alone
+    (tests/training/rl/). ``arguments.py`` reads the RL task's flags and checks
+    (``training/rl/config.py``) without loading the task."""
+    graph = import_graph()
+    task = f"{PKG}.training.rl.task"
+    for name in graph:
+        if name.startswith(f"{PKG}.training.rl.") and name != task:
+            reached = _reach(graph, name)
+            assert f"{PKG}.arguments" not in reached and task not in reached, name
+    front = _reach(graph, f"{PKG}.arguments")
+    assert f"{PKG}.training.rl.config" in front and task not in front
+    assert f"{PKG}.training.step" not in front

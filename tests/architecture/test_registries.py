@@ -81,13 +81,13 @@ class _FakeEngine:
         return []
 
     def update_weights(self, stream):
-        self.log.append(("update_weights", list(stream)))
+        self.log.append(("update_weights", [[name for name, _ in b] for b in stream]))
 
-    def sleep(self):
-        self.log.append(("sleep",))
+    def sleep(self, level=1):
+        self.log.append(("sleep", level))
 
-    def wake_up(self):
-        self.log.append(("wake_up",))
+    def wake_up(self, tags=None):
+        self.log.append(("wake_up", tags))
 
     def shutdown(self):
         self.log.append(("shutdown",))
@@ -105,7 +105,7 @@ def test_trainer_engine_reads_the_protocol_not_the_name(monkeypatch, shares):
 
     fake = type("Fake", (_FakeEngine,), dict(shares_training_weights=shares, log=[]))
     monkeypatch.setitem(engines.ENGINES, "fake", engines.EngineSpec(fake, "a test engine"))
-    monkeypatch.setattr(weights, "export_hf_weights", lambda chunks, shape, mb: iter([["bucket"]]))
+    monkeypatch.setattr(weights, "export_hf_weights", lambda chunks, shape, mb: iter([[("w", torch.zeros(1))]]))
     cfg = SimpleNamespace(rollout=SimpleNamespace(engine="fake", weight_bucket_mb=1,
                                                     gpu_memory_utilization=0.5), shape=None,
                           parallel=SimpleNamespace(tensor_model_parallel_size=1), seed=0,
@@ -115,9 +115,17 @@ def test_trainer_engine_reads_the_protocol_not_the_name(monkeypatch, shares):
         engine.generate([[1]], 2, SamplingParams())
         engine.weights_changed()
     engine.shutdown()
-    push = [("update_weights", [["bucket"]])] if not shares else []
-    step = push + [("wake_up",), ("generate", 2), ("sleep",)]
-    assert fake.log == [("from_policy", 32, None)] + step + step + [("shutdown",)]
+    # an engine with its own weights sleeps at level 2 and is re-streamed after waking its
+    # weights; one on the training weights sleeps at level 1 and wakes whole
+    if shares:
+        first = [("generate", 2), ("sleep", 1)]
+        second = [("wake_up", None)] + first
+    else:
+        first = [("update_weights", [["w"]]), ("generate", 2), ("sleep", 2)]
+        second = [("wake_up", ["weights"]), first[0], ("wake_up", ["kv_cache"])] + first[1:]
+    assert fake.log == [("from_policy", 32, None)] + first + second + [("shutdown",)]
+    assert engine.phases.history == ["training"] + (["rollout", "training"] if shares else
+                                                    ["sync", "rollout", "training"]) * 2
 
 
 # ------------------------------------------------------------------ rewards

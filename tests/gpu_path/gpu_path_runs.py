@@ -70,7 +70,8 @@ def real_code_paths(library: str) -> dict:
 
 def _short_final_evaluation():
     """The end-of-run greedy evaluation on 4 held-out problems instead of 64 (same code)."""
-    from megatron_hpt.training import rl_task, tasks
+    from megatron_hpt.training import tasks
+    from megatron_hpt.training.rl import task as rl_task
     for cls in (tasks.SftTask, rl_task.RlTask):
         evaluate = cls.evaluate
         cls.evaluate = lambda self, model, num_problems=4, _e=evaluate: _e(self, model, num_problems)

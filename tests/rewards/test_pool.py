@@ -1,10 +1,9 @@
-"""rewards/pool.py and training/grading.py: answers graded in worker processes, each under a
+"""rewards/pool.py and training/rl/grade.py: answers graded in worker processes, each under a
 hard limit; a hanging or crashing grader costs that answer (0, counted), not the pool; a grader
 that raises is reported with its answer (the trainer stops naming it); the scores equal
 in-process grading; a replica grades once and every rank gets the scores."""
 import time
 
-import pytest
 
 from dist_utils import run_distributed
 from megatron_hpt.rewards import math_reward
@@ -53,7 +52,7 @@ def test_pool_math_scores_equal_in_process_grading():
 def grade_at_tp2():
     """Rank entry point: TP=2, one replica; the pool is built and called on TP rank 0 only."""
     from megatron_hpt.training import distributed
-    from megatron_hpt.training.grading import grade_replica
+    from megatron_hpt.training.rl.grade import grade_replica
     distributed.initialize(2, 1, seed=1)
     try:
         built = []

@@ -68,7 +68,7 @@ def synthetic_rl_batch(preset_name: str, seq_length: int = 32, vocab: int = 80, 
     log-probs off the current policy (so ratios != 1 and clipping is active), 0/1 rewards,
     and demonstrations mixed in the way each hybrid preset expects."""
     import torch
-    from megatron_hpt.loss import compute_advantages, preset
+    from megatron_hpt.loss import compute_advantages
 
     g = torch.Generator().manual_seed(seed)
     n = 8
@@ -111,9 +111,8 @@ def rl_steps(argv: list, runs: list, init_ckpt: str, save_root: str) -> list:
     ``save_root/<preset>_mb<size>``. Returns the global losses (from the last rank)."""
     import os
     from megatron_hpt.arguments import build_config, build_parser
-    from megatron_hpt.loss import mu_at_step, preset
+    from megatron_hpt.loss import mu_at_step
     from megatron_hpt.training import distributed
-    from megatron_hpt.training.batches import split_for_rank
     from megatron_hpt.training.checkpoint import load_checkpoint, save_checkpoint
     from megatron_hpt.training.loss_head import LossHead
     from megatron_hpt.training.setup import build_model, build_optimizer

@@ -27,7 +27,6 @@ def train_with_faults(argv: list, faults: dict) -> dict:
 
     def step(model, optimizer, scheduler, micro_batches, loss_fn, seq_length, *rest):
         fault = faults.get(len(calls) + 1)
-        fn = loss_fn
         if fault == "grad":
             def fn(logits, batch):
                 loss, n, metrics = loss_fn(logits, batch)
@@ -36,6 +35,8 @@ def train_with_faults(argv: list, faults: dict) -> dict:
             def fn(logits, batch):
                 loss, n, metrics = loss_fn(logits, batch)
                 return loss, n, dict(metrics, **{"lm loss": metrics["lm loss"] * float("nan")})
+        else:
+            fn = loss_fn
         if fn is not loss_fn:
             fn.additive_metrics = getattr(loss_fn, "additive_metrics", ("lm loss",))
         weights = [p.detach().clone() for c in model for p in c.parameters()]

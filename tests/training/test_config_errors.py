@@ -79,9 +79,9 @@ RL = ["--loss-preset", "hpt", "--rollout-batch-size", "2", "--n-samples-per-prom
 
 def test_rl_run_with_matching_rows_passes():
     cfg = _config(RL)
-    assert cfg.global_batch_size == 8 and cfg.rollout.hpt_mode == "switch"
+    assert cfg.global_batch_size == 8 and cfg.rl.hpt_mode == "switch"
     assert _config(["--loss-preset", "grpo", "--rollout-batch-size", "2",
-                    "--n-samples-per-prompt", "4"]).rollout.hpt_mode == "off"
+                    "--n-samples-per-prompt", "4"]).rl.hpt_mode == "off"
 
 
 def test_vllm_engine_missing_fails_at_start_up(monkeypatch):

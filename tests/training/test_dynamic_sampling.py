@@ -1,4 +1,4 @@
-"""DAPO dynamic sampling in the RL task (training/dynamic_sampling.py): groups whose rewards are
+"""DAPO dynamic sampling in the RL task (training/rl/dynamic_sampling.py): groups whose rewards are
 all equal are dropped and more prompts drawn until the batch is full, at most
 --max-rollout-rounds rounds; the rest is logged."""
 import pytest

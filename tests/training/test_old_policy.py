@@ -1,8 +1,8 @@
-"""Where π_old comes from (training/old_policy.py): a pass only where it changes the result."""
+"""Where π_old comes from (training/rl/old_policy.py): a pass only where it changes the result."""
 from types import SimpleNamespace
 
 from megatron_hpt.loss import preset
-from megatron_hpt.training.old_policy import old_logprob_source
+from megatron_hpt.training.rl.old_policy import old_logprob_source
 
 
 def _cfg(name="grpo", engine="embedded", logprobs="engine", **loss):

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 
 from dist_utils import run_distributed
 from training.common import TINY_MODEL
@@ -188,7 +187,7 @@ def rng_and_disk_full(root: str, argv: list) -> dict:
         ck.dist_checkpointing = real
     out["stderr"] = err.getvalue()
 
-    import megatron_hpt.training.rl_task as rl_task
+    import megatron_hpt.training.rl.task as rl_task
 
     def crashing_grader(name, timeout):
         def grade(response, answer):

@@ -1,4 +1,4 @@
-"""The RL / hybrid task (training/rl_task.py) and the HPT gate (hybrid/hpt_gate.py).
+"""The RL / hybrid task (training/rl/task.py) and the HPT gate (hybrid/hpt_gate.py).
 
 - the gate: switch mode at gate 0 and 2, the soft table (n = 8 and rescaled n = 4), errors;
 - one step's rows from a controlled engine: per prompt n rollouts then the demonstration,
@@ -72,7 +72,7 @@ def _rl_task(preset_name, extra=()):
     from megatron_hpt.arguments import build_config, build_parser
     from megatron_hpt.data.tokenizer import build_char_tokenizer
     from megatron_hpt.training import distributed
-    from megatron_hpt.training.rl_task import RlTask
+    from megatron_hpt.training.rl.task import RlTask
     from training.common import TINY_MODEL
     tok = build_char_tokenizer()
     args = build_parser().parse_args(TINY_MODEL + [
@@ -82,7 +82,7 @@ def _rl_task(preset_name, extra=()):
     distributed.initialize(seed=cfg.seed)
     task = RlTask.__new__(RlTask)  # rows only: no model, the engine is scripted
     task.cfg, task.tokenizer, task.model = cfg, tok, None  # noqa: the constructor's fields
-    from megatron_hpt.rollout.config import uses_demonstrations
+    from megatron_hpt.training.rl.config import uses_demonstrations
     from megatron_hpt.data.prompts import PromptSource
     from megatron_hpt.rewards import arithmetic_reward
     task.with_demos, task.stats, task.stats_extra = uses_demonstrations(cfg), {}, {}

@@ -1,4 +1,4 @@
-"""A step's rewards, graded once per answer: on the first rank of each data-parallel replica
+"""Step 2, grade: a step's rewards, graded once per answer (``grade``): on the first rank of each data-parallel replica
 (TP rank 0, PP rank 0, CP rank 0), through the reward pool (rewards/pool.py), then broadcast to
 the replica's other ranks, which hold copies of the same samples.
 
@@ -56,3 +56,19 @@ def grade_replica(pool: Callable[[], RewardPool], pairs: Callable[[], List[Tuple
     return (out[:n].float().cpu(), {"reward timeouts": float(counts[0]),
                                     "reward failures": float(counts[1])},
             None if raised < 0 else (raised, message))
+
+
+def grade(pool: Callable[[], RewardPool], tokenizer, problems, samples, index: int
+          ) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """[len(samples)] rewards of ``samples`` against their prompts' answers and the step's
+    `reward timeouts` / `reward failures` counts. A grader that raises stops the run with a
+    RuntimeError naming rollout batch ``index``, the prompt and its answer."""
+    rewards, counts, raised = grade_replica(
+        pool, lambda: [(tokenizer.decode(s.response_token_ids, skip_special_tokens=True),
+                        problems[s.prompt_index].answer) for s in samples], len(samples))
+    if raised is not None:  # a grader bug stops the run naming the answer
+        j = samples[raised[0]].prompt_index
+        raise RuntimeError(f"the reward grader failed on rollout batch {index}, prompt {j} "
+                           f"of this rank (answer {problems[j].answer!r}): "
+                           f"{raised[1] or 'see the grading rank of this replica'}")
+    return rewards, counts

@@ -2,7 +2,7 @@
 runs whose result the training forward already gives.
 
     pass     a forward-only pass of the training model before the first update
-             (``_recompute_old_logprobs``): needed when π_old differs from the policy of some
+             (``logprobs.recompute_old_logprobs``): needed when π_old differs from the policy of some
              update (several updates per rollout batch), or when something reads π_old before
              the step's forward: KL in the reward (advantages read old log-probs) and EGSPO's
              quantile / soft gate (the normalizers' τ_B reads π_old's entropies of the whole
@@ -37,3 +37,9 @@ def old_logprob_source(cfg, updates: int, has_reference: bool) -> str:
     if needs_entropy_early(cfg.loss):
         return "pass"
     return "forward"
+
+
+def needs_pass(source: str, loss_cfg) -> bool:
+    """Whether the forward-only pass runs: for ``pass``, and for ``engine`` when EGSPO's gate
+    needs π_old's entropies early (the engine's log-probs are kept, only entropies taken)."""
+    return source == "pass" or (source == "engine" and needs_entropy_early(loss_cfg))
