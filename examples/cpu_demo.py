@@ -27,10 +27,10 @@ MODEL = """--num-layers 2 --hidden-size 64 --ffn-hidden-size 256 --num-attention
  --swiglu --position-embedding-type rope --disable-bias-linear
  --data-path builtin:arithmetic --clip-grad 1.0 --adam-beta2 0.98""".split()
 
-#: stage 1: 1000 steps of 16 worked solutions, lr 2e-3 cosine to 1e-4
-SFT = f"""--loss-preset sft --micro-batch-size 16 --global-batch-size 16 --train-iters 1000
- --lr 2e-3 --min-lr 1e-4 --lr-warmup-iters 10 --lr-decay-style cosine --lr-decay-iters 1000
- --log-interval 100 --eval-interval 500 --save {OUT}/sft --tensorboard-dir {OUT}/tb_sft""".split()
+#: stage 1: 1100 steps of 16 worked solutions, lr 2e-3 cosine to 1e-4
+SFT = f"""--loss-preset sft --micro-batch-size 16 --global-batch-size 16 --train-iters 1100
+ --lr 2e-3 --min-lr 1e-4 --lr-warmup-iters 10 --lr-decay-style cosine --lr-decay-iters 1100
+ --log-interval 100 --eval-interval 550 --save {OUT}/sft --tensorboard-dir {OUT}/tb_sft""".split()
 
 #: stage 2: HPT as in the paper (hpt_clean), 16 prompts x 4 rollouts at T = 1 per step; the
 #: optimizer restarts (--finetune), hence the warm-up and the low constant lr

@@ -2,7 +2,7 @@
 # CPU demo of HPT on megatron-core: no files, GPU or vLLM needed. Both stages run in one process
 # (examples/cpu_demo.py: python, torch and megatron-core are imported once).
 #   stage 1  SFT warm-up on worked solutions of the built-in 2-digit addition task: a 2-layer,
-#            hidden-64 GPT (~0.1M parameters), 1000 steps of 16 rows, lr 2e-3 cosine to 1e-4;
+#            hidden-64 GPT (~0.1M parameters), 1100 steps of 16 rows, lr 2e-3 cosine to 1e-4;
 #            saves a checkpoint ($OUT/sft)
 #   stage 2  HPT from that checkpoint (`hpt_clean`: the paper's HPT, Dr.GRPO advantage with PPO
 #            clip, gate 0, switch mode), 40 steps of 16 prompts x 4 rollouts at T = 1 from the
@@ -14,11 +14,13 @@
 # Greedy accuracy is measured on 64 held-out problems: pairs (a, b) that training never draws
 # (data/arithmetic.py). The last line prints the final accuracy and the wall time; the line before
 # it the SFT-stage accuracy and the mean `sft share` of the first and last 10 HPT steps.
-# Measured (benchmarks/RESULTS.md): 0.953 after SFT, 0.953 after HPT, sft share 0.29 -> 0.21,
-# 60 s CPU time in one thread (71 s wall on a shared 2-core machine).
+# Measured (benchmarks/RESULTS.md), one thread: 0.969 after SFT, 0.938 after HPT, sft share
+# 0.17 -> 0.06, 70 s wall and 70 s CPU time on a 2-core machine at load average ~2. With
+# OMP_NUM_THREADS=2 the float sums differ: 0.922 / 0.906, share 0.17 -> 0.16, 61-64 s wall.
 # Extra flags go to both stages, e.g. `bash examples/cpu_demo.sh --seed 3`.
 set -euo pipefail
-# one thread: the model is too small for two threads to pay (and on a shared machine they thrash)
+# one thread: two threads save ~10% wall on an idle 2-core machine for ~60% more CPU time, and on a
+# shared one they thrash (173 s wall at load average ~5-10)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export CPU_DEMO_START=${CPU_DEMO_START:-$(date +%s.%N)}
 export OUT=${OUT:-runs/cpu_demo}
