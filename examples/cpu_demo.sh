@@ -15,7 +15,7 @@
 # (data/arithmetic.py). The last line prints the final accuracy and the wall time; the line before
 # it the SFT-stage accuracy and the mean `sft share` of the first and last 10 HPT steps.
 # Measured (benchmarks/RESULTS.md), one thread: 0.969 after SFT, 0.938 after HPT, sft share
-# 0.17 -> 0.06, 70 s wall and 70 s CPU time on a 2-core machine at load average ~2. With
+# 0.17 -> 0.06, 70-73 s wall and 70-71 s CPU time on a 2-core machine at load average 1-2. With
 # OMP_NUM_THREADS=2 the float sums differ: 0.922 / 0.906, share 0.17 -> 0.16, 61-64 s wall.
 # Extra flags go to both stages, e.g. `bash examples/cpu_demo.sh --seed 3`.
 set -euo pipefail
