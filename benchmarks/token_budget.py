@@ -5,7 +5,7 @@
    lengths follow a long-tailed law between 8 and the maximum, micro-batches padded to
    --seq-length (fixed --micro-batch-size rows) vs a token budget of the same tokens per
    micro-batch (--max-tokens-per-micro-batch = micro-batch-size x seq-length).
-2. ``recompute``: wall time of the CPU demo's HPT step (examples/cpu_demo.sh stage 2: 16 prompts
+2. ``recompute``: wall time of an HPT step of the CPU demo model (as of 2026-12-03 morning; 16 prompts
    x 4 rollouts + 16 demonstrations, seq 32, micro-batches of 40 rows) with the old-log-prob
    pass (forward_logprobs, then the step) vs without it (old log-probs from the training forward).
 

@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 
-#: the CPU demo's model and SFT batch (examples/cpu_demo.sh, stage 1)
+#: the model and SFT batch of the CPU demo as of 2026-12-02 (examples/cpu_demo.sh has changed since)
 SEQ, BATCH = 32, 128
 DEMO_MODEL = ["--num-layers", "3", "--hidden-size", "128", "--ffn-hidden-size", "512",
               "--num-attention-heads", "4", "--num-query-groups", "2", "--seq-length", str(SEQ),
