@@ -87,6 +87,22 @@ def generate_batch(engine, batch_prompts: Sequence[Sequence[int]], n: int,
     return out
 
 
+class SpreadEngine:
+    """``engine`` for a call whose samples every rank needs (the held-out evaluation grades all
+    problems on every rank): the prompts are generated once over all engines and every rank
+    receives all samples. The shared (embedded) engine, or fewer prompts than engines, falls
+    back to ``engine.generate`` on every rank (each engine decodes every prompt)."""
+
+    def __init__(self, engine, layout: RolloutLayout):
+        self.engine = engine
+        self.layout = RolloutLayout((0,) * layout.world_size, layout.rollout_tp, layout.shared)
+
+    def generate(self, prompt_token_ids, n: int, sampling: SamplingParams) -> List[RolloutSample]:
+        if self.layout.shared or len(prompt_token_ids) < len(self.layout.engines()):
+            return self.engine.generate(prompt_token_ids, n, sampling)
+        return generate_batch(self.engine, prompt_token_ids, n, sampling, self.layout)
+
+
 def _pack(prompts: Sequence[int], by_prompt: Dict[int, List[RolloutSample]], n: int) -> torch.Tensor:
     parts = []
     for p in prompts:

@@ -41,8 +41,20 @@ def _train_logging_vllm_prompts(argv):
         return generate(self, prompt_token_ids, n, sampling)
 
     vllm_engine.VllmEngine.generate = logged
-    rank = int(os.environ["RANK"])
-    return rank, train(argv), log
+    return _run(argv) + (log,)
+
+
+def _run(argv):
+    """Rank entry point: the trainer's per-iteration metrics (logging rank; [] elsewhere) and its
+    final summary (the held-out greedy accuracy)."""
+    from megatron_hpt.train import run
+    from megatron_hpt.training import distributed
+    from megatron_hpt.training.logging import is_logging_rank
+    try:
+        out = run(argv)
+        return (out["metrics"] if is_logging_rank() else []), out["summary"]
+    finally:
+        distributed.destroy()
 
 
 def _save_then_train(root, argv):
@@ -59,7 +71,7 @@ def _save_then_train(root, argv):
     distributed.initialize(seed=cfg.seed)
     save_checkpoint(root, 0, build_model(cfg), shape=cfg.shape)
     distributed.destroy()
-    return train(argv + ["--load", root, "--finetune"])
+    return _run(argv + ["--load", root, "--finetune"])
 
 
 GREEDY = HPT_RUN + ["--rollout-temperature", "0", "--hpt-mode", "off"]
@@ -81,21 +93,22 @@ def test_vllm_pp2_rows_equal_one_process_without_duplicate_generation(rollout_tp
     first rank sends the samples to both stages."""
     pytest.importorskip("vllm")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    init, ref = one_process
+    init, (ref, ref_summary) = one_process
     got = run_distributed(_train_logging_vllm_prompts, 2,
                           GREEDY + ["--load", init, "--finetune", "--rollout-engine", "vllm",
                                     "--pipeline-model-parallel-size", "2",
                                     "--rollout-tensor-parallel-size", str(rollout_tp)],
                           timeout=540)
-    (_, _, log0), (_, metrics, log1) = got
-    # 2 iterations x 4 prompts; the last call of each log is the final held-out evaluation
-    # (greedy_accuracy: every engine decodes the same problems)
-    for step in range(2):
+    (_, summary0, log0), (metrics, summary1, log1) = got
+    # 2 iterations x 4 prompts, then the final held-out evaluation's 64 problems (spread too)
+    for step, count in ((0, 4), (1, 4), (2, 64)):
         if rollout_tp == 1:  # halves, none generated twice
-            assert len(log0[step]) == len(log1[step]) == 2
-            assert len({tuple(p) for p in log0[step] + log1[step]}) == 4
-        else:  # one engine: both of its ranks are called with the same 4 prompts
-            assert log0[step] == log1[step] and len({tuple(p) for p in log0[step]}) == 4
+            assert len(log0[step]) == len(log1[step]) == count // 2
+            assert len({tuple(p) for p in log0[step] + log1[step]}) == count
+        else:  # one engine: both of its ranks are called with the same prompts
+            assert log0[step] == log1[step] and len({tuple(p) for p in log0[step]}) == count
+    assert len(log0) == len(log1) == 3
     for key in ("response length", "reward", "truncated"):
         assert [m[key] for m in metrics] == pytest.approx([m[key] for m in ref], rel=1e-6), key
     assert _losses(metrics) == pytest.approx(_losses(ref), rel=1e-4, abs=1e-5)
+    assert summary0 == summary1 == ref_summary  # the spread evaluation grades the same samples

@@ -47,6 +47,7 @@ from megatron_hpt.loss.batch import Batch
 from megatron_hpt.rewards import reward_fn
 from megatron_hpt.rewards.pool import RewardPool
 from megatron_hpt.rollout.trainer_engine import TrainerEngine
+from megatron_hpt.rollout.spread import SpreadEngine, layout_of
 from megatron_hpt.training.held_out import greedy_accuracy
 from megatron_hpt.training.loss_head import LossHead
 from megatron_hpt.training.rl.advantages import attach_advantages, rollout_advantages
@@ -198,7 +199,9 @@ class RlTask:
         return dict(self.stats)
 
     def evaluate(self, model, num_problems: int = 64) -> Dict[str, float]:
-        return greedy_accuracy(self.engine, self.cfg, self.tokenizer, num_problems)
+        # the problems generated once over all rollout engines, every rank gets all samples
+        engine = SpreadEngine(self.engine, layout_of(self.cfg))
+        return greedy_accuracy(engine, self.cfg, self.tokenizer, num_problems)
 
     def finish(self, model) -> Dict[str, float]:
         """End of the run: final evaluation, then the rollout engine is released."""
