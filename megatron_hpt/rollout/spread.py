@@ -17,6 +17,9 @@ reason, length) + the response tokens + their float32 log-probs (bit-cast), i.e.
 per response token per receiving rank. Prompt tokens do not move (every rank reads the batch's
 prompts itself). With the shared engine (embedded) each replica generates its own prompts and
 nothing moves. The layout itself (``current_layout``): one all_gather of one int per rank.
+
+``SpreadEngine`` does the same for calls whose samples every rank needs (the trainer's held-out
+evaluation): each engine generates a block, every rank receives all samples.
 """
 from __future__ import annotations
 
