@@ -38,7 +38,6 @@ from megatron_hpt.rollout.assignment import rollout_tensor_parallel_size
 from megatron_hpt.rollout.engines import engine_for_policy
 from megatron_hpt.rollout.phases import ROLLOUT, SYNC, TRAINING, PhaseMachine
 from megatron_hpt.rollout.protocol import RolloutSample, SamplingParams
-from megatron_hpt.rollout.vllm_engine import shape_config_dir, vllm_dtype  # noqa: F401 (re-export)
 
 
 def _counted(stream, sent: list):

@@ -22,7 +22,7 @@ from megatron_hpt.data.rows import sft_rows
 from megatron_hpt.loss.batch import Batch
 from megatron_hpt.rollout.engines import engine_spec
 from megatron_hpt.training.batches import split_for_rank
-from megatron_hpt.training.held_out import greedy_accuracy, prompt_source  # noqa: F401 (re-export)
+from megatron_hpt.training.held_out import greedy_accuracy
 from megatron_hpt.training.loss_head import LossHead
 
 
