@@ -32,12 +32,13 @@ SFT = f"""--loss-preset sft --micro-batch-size 16 --global-batch-size 16 --train
  --lr 2e-3 --min-lr 1e-4 --lr-warmup-iters 10 --lr-decay-style cosine --lr-decay-iters 1100
  --log-interval 100 --eval-interval 550 --save {OUT}/sft --tensorboard-dir {OUT}/tb_sft""".split()
 
-#: stage 2: HPT as in the paper (hpt_clean), 16 prompts x 4 rollouts at T = 1 per step; the
-#: optimizer restarts (--finetune), hence the warm-up and the low constant lr
-HPT = f"""--loss-preset hpt_clean --load {OUT}/sft --finetune
+#: stage 2: HPT as in the paper (hpt_clean), 16 prompts x 4 rollouts at T = 1 per step; gate 1:
+#: a prompt with at most 1 correct rollout of 4 is trained on its demonstration (SFT), the others
+#: by RL; the optimizer restarts (--finetune), hence the warm-up and the low constant lr
+HPT = f"""--loss-preset hpt_clean --hpt-gate 1 --load {OUT}/sft --finetune
  --rollout-batch-size 16 --n-samples-per-prompt 4 --rollout-temperature 1.0
- --rollout-max-response-len 20 --micro-batch-size 80 --global-batch-size 80 --train-iters 40
- --lr 1e-4 --lr-warmup-iters 5 --log-interval 1 --eval-interval 20
+ --rollout-max-response-len 20 --micro-batch-size 80 --global-batch-size 80 --train-iters 60
+ --lr 1e-4 --lr-warmup-iters 5 --log-interval 1 --eval-interval 30
  --save {OUT}/hpt --tensorboard-dir {OUT}/tb_hpt""".split()
 
 
@@ -49,7 +50,7 @@ def main(extra) -> int:
     try:
         print("== stage 1: SFT warm-up ==", flush=True)
         sft = run(MODEL + SFT + extra)
-        print("== stage 2: HPT (gate 0, switch mode) ==", flush=True)
+        print("== stage 2: HPT (gate 1, switch mode) ==", flush=True)
         hpt = run(MODEL + HPT + extra)
     except ConfigError as e:
         print(f"cpu_demo: error: {preflight.one_line(e)}", file=sys.stderr)
