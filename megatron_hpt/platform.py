@@ -27,10 +27,14 @@ With several processes on 2 cores, one thread per process (oversubscription cost
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.overrides
 from torch.overrides import TorchFunctionMode
 
 _INSTALLED = False
+_MODE = None  # the _CudaDeviceToCpu instance on the mode stack once installed
 
 
 def cuda_available() -> bool:
@@ -89,8 +93,26 @@ def install_cpu_platform() -> None:
     import megatron.core.fusions.fused_softmax as mcore_softmax
     import megatron.core.transformer.utils as mcore_utils
     mcore_utils.get_default_causal_mask = mcore_softmax.get_default_causal_mask = _causal_mask_cpu
-    _CudaDeviceToCpu().__enter__()  # stays on the mode stack for the life of the process
+    global _MODE
+    _MODE = _CudaDeviceToCpu()
+    _MODE.__enter__()  # stays on the mode stack for the life of the process
     _INSTALLED = True
+
+
+@contextlib.contextmanager
+def model_compute():
+    """Suspends the mode of 4. around a dense GPT forward (training, log-prob and decoding
+    passes). Its Python hook runs on every torch call: decoding the CPU demo's 64 rollouts costs
+    ~25% more with it (benchmarks/RESULTS.md); megatron-core's dense GPT forward has no
+    ``device="cuda"`` literal (the causal-mask one is patched by 6.), and every test that runs a
+    model on CPU would fail on one ("Torch not compiled with CUDA enabled"). A no-op on CUDA,
+    before ``install_cpu_platform()``, and when another mode sits above ours (then nothing is
+    popped)."""
+    if _MODE is None or torch.overrides._get_current_function_mode() is not _MODE:
+        yield
+        return
+    with torch.overrides._pop_mode_temporarily():
+        yield
 
 
 def device() -> torch.device:

@@ -26,6 +26,7 @@ from typing import List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from megatron_hpt import platform
 from megatron_hpt.rollout.protocol import RolloutSample, SamplingParams, WeightStream
 from megatron_hpt.rollout.sampling import draw, make_generator, row_generators
 
@@ -153,8 +154,9 @@ class EmbeddedEngine:
             if step == 0:
                 mask = mask | causal[None, None]
             positions = (valid[:, :cur].long().cumsum(-1) - 1).clamp(min=0)[:, start:cur]
-            logits = self.model(ids[:, start:cur], positions, mask, inference_context=context,
-                                runtime_gather_output=True)  # [b, 1, V] (last position only)
+            with platform.model_compute():
+                logits = self.model(ids[:, start:cur], positions, mask, inference_context=context,
+                                    runtime_gather_output=True)  # [b, 1, V] (last position only)
             context.sequence_len_offset += cur - start
             if step == 0:
                 context.enable_decode_mode()

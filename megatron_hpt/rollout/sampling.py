@@ -49,19 +49,31 @@ def draw(logits: torch.Tensor, sampling: SamplingParams,
          ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One token per row and its reported log-prob. logits: [b, V] -> tokens [b] (int64),
     logprobs [b] (fp32). ``generator`` (a CPU generator, or one per row: then each row's draw
-    depends only on its own generator) is advanced once per non-greedy call."""
+    depends only on its own generator) is advanced by one fp64 uniform per row per non-greedy
+    call; the token is that uniform's inverse CDF (``inverse_cdf``)."""
     logprobs = scaled_logprobs(logits, sampling.temperature)
     if sampling.greedy:
         tokens = torch.argmax(logprobs, dim=-1)
     else:
-        probs = torch.softmax(truncate(logprobs, sampling.top_k, sampling.top_p), dim=-1).cpu()
+        probs = torch.softmax(truncate(logprobs, sampling.top_k, sampling.top_p), dim=-1)
         if isinstance(generator, (list, tuple)):
-            tokens = torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=g)[:, 0]
-                                for i, g in enumerate(generator)])
+            # one scalar per row generator: ~20x cheaper than one multinomial call per row
+            uniform = torch.stack([torch.rand((), generator=g, dtype=torch.float64)
+                                   for g in generator])
         else:
-            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        tokens = tokens.to(logits.device)
+            uniform = torch.rand(probs.size(0), generator=generator, dtype=torch.float64)
+        tokens = inverse_cdf(probs, uniform.to(probs.device))
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The first token whose cumulative probability exceeds ``uniform`` x the row's total mass
+    (fp64; a zero-probability token is never chosen). probs [b, V], uniform [b] in [0, 1) -> [b]."""
+    cdf = torch.cumsum(probs.double(), dim=-1)
+    total = cdf[:, -1]
+    # below the total even where uniform x total rounds up to it: the last token with mass wins
+    target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target[:, None], right=True).squeeze(-1)
 
 
 def finish_reason(token: int, sampling: SamplingParams) -> Optional[str]:

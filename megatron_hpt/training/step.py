@@ -18,6 +18,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_hpt import platform
 from megatron_hpt.loss.batch import Batch, cp_unshard
 from megatron_hpt.training.grad_skip import over_grad_norm_limit
 from megatron_hpt.training.packing import packed_seq_params, schedule_shape, to_rows
@@ -40,8 +41,9 @@ def _forward_step(loss_fn: LossFn, data_iterator, model):
     """megatron forward_step_func: run one micro-batch (already on the device) through this
     stage; with CP, this rank's token shard of it."""
     batch = this_cp_rank_share(next(data_iterator))
-    logits = model(batch.tokens, batch.position_ids, None,
-                   packed_seq_params=packed_seq_params(batch))
+    with platform.model_compute():
+        logits = model(batch.tokens, batch.position_ids, None,
+                       packed_seq_params=packed_seq_params(batch))
     # Non-last stages return the hidden states for the next stage; the loss is only applied last.
     return logits, partial(_loss_func, loss_fn, batch)
 
@@ -133,8 +135,9 @@ def forward_backward(model, micro_batches: List[Batch], loss_fn: LossFn,
 def _logprob_forward_step(temperature: float, data_iterator, model):
     """forward_step_func of ``forward_logprobs``: per-token log-probs of the labels and entropy."""
     batch = this_cp_rank_share(next(data_iterator))
-    logits = model(batch.tokens, batch.position_ids, None,
-                   packed_seq_params=packed_seq_params(batch))
+    with platform.model_compute():
+        logits = model(batch.tokens, batch.position_ids, None,
+                       packed_seq_params=packed_seq_params(batch))
 
     def collect(output, non_loss_data=True):
         from megatron_hpt.loss import vocab_parallel_logprob_entropy

@@ -16,7 +16,7 @@ import torch
 import tiny_models as tm
 from megatron_hpt.rollout import SamplingParams
 from megatron_hpt.rollout.embedded import EmbeddedEngine
-from megatron_hpt.rollout.sampling import truncate
+from megatron_hpt.rollout.sampling import inverse_cdf, row_generators, truncate
 from megatron_hpt.training.distributed import initialize
 
 PROBS = {10: 0.40, 11: 0.25, 12: 0.15, 13: 0.10, 14: 0.06, 15: 0.04}
@@ -145,3 +145,49 @@ def test_truncate_matches_brute_force():
                 keep.append(token)
                 mass += q
             assert sorted(torch.nonzero(kept).flatten().tolist()) == sorted(keep)
+
+
+def test_per_row_generators_frequencies(engine):
+    """The trainer's path (``prompt_seeds``: one generator per row) draws the same distribution
+    (top-k 4 at T = 2, so truncation and temperature both matter)."""
+    seeds = tuple(range(1000, 1000 + ROWS // 8))
+    samples = engine.generate([[1, 2, 3]] * len(seeds), 8, SamplingParams(
+        temperature=2.0, top_k=4, max_new_tokens=STEPS, seed=1, prompt_seeds=seeds))
+    freq, _ = frequencies(samples)
+    assert (freq - expected(2.0, keep=(10, 11, 12, 13))).abs().max() < TOL
+
+
+def test_inverse_cdf_against_a_plain_scan():
+    """Token = the first whose running sum exceeds u x total, written as a loop; rows with
+    zero-mass tokens (first, inside, last) and uniforms at 0 and at the top of [0, 1)."""
+    gen = torch.Generator().manual_seed(3)
+    probs = torch.rand(40, 9, generator=gen)
+    probs[probs < 0.4] = 0.0
+    probs[:, 0] = probs[:, -1] = 0.0
+    probs[:, 4] += 0.01  # every row has mass
+    probs = probs / probs.sum(-1, keepdim=True)
+    uniform = torch.rand(40, generator=gen, dtype=torch.float64)
+    uniform[0], uniform[1] = 0.0, 1.0 - 2.0 ** -53
+    tokens = inverse_cdf(probs, uniform).tolist()
+    for row, u, token in zip(probs.double().tolist(), uniform.tolist(), tokens):
+        target, running, want = u * sum(row), 0.0, None
+        for v, q in enumerate(row):
+            running += q
+            if q > 0:
+                want = v  # the last token with mass, unless an earlier one already exceeds
+                if running > target:
+                    break
+        assert token == want and row[token] > 0
+
+
+def test_row_generator_draws_depend_on_their_own_seed_only():
+    """Row i's token comes from its own generator's first uniform: recomputed from a fresh
+    generator with the same seed, whatever the other rows are."""
+    from megatron_hpt.rollout.sampling import draw
+    logits = torch.randn(6, 20, generator=torch.Generator().manual_seed(0))
+    params = SamplingParams(temperature=1.0, max_new_tokens=1)
+    tokens, _ = draw(logits, params, row_generators((7, 50), 3))
+    probs = torch.softmax(logits, -1)
+    for i, seed in enumerate((7, 8, 9, 50, 51, 52)):
+        u = torch.rand((), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        assert tokens[i] == inverse_cdf(probs[i:i + 1], u.reshape(1))[0]
