@@ -33,12 +33,12 @@ SFT = f"""--loss-preset sft --micro-batch-size 16 --global-batch-size 16 --train
 #: a prompt with at most 1 correct rollout of 4 is trained on its demonstration (SFT), the others
 #: by RL. HPT does the rest of the learning, so the gate sends most prompts to SFT at first and
 #: fewer as the rollouts get right; the optimizer restarts (--finetune), hence the warm-up;
-#: lr 1e-3 cosine to 1e-4 over the 250 steps
+#: lr 1e-3 cosine to 1e-4 over the 300 steps
 HPT = f"""--loss-preset hpt_clean --hpt-gate 1 --load {OUT}/sft --finetune
  --rollout-batch-size 16 --n-samples-per-prompt 4 --rollout-temperature 1.0
- --rollout-max-response-len 20 --micro-batch-size 80 --global-batch-size 80 --train-iters 250
- --lr 1e-3 --min-lr 1e-4 --lr-warmup-iters 10 --lr-decay-style cosine --lr-decay-iters 250
- --log-interval 1 --eval-interval 125 --save {OUT}/hpt --tensorboard-dir {OUT}/tb_hpt""".split()
+ --rollout-max-response-len 20 --micro-batch-size 80 --global-batch-size 80 --train-iters 300
+ --lr 1e-3 --min-lr 1e-4 --lr-warmup-iters 10 --lr-decay-style cosine --lr-decay-iters 300
+ --log-interval 1 --eval-interval 100 --save {OUT}/hpt --tensorboard-dir {OUT}/tb_hpt""".split()
 
 
 def _mean(values):
