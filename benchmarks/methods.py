@@ -9,14 +9,19 @@ Protocol (one process, CPU; sized to run in ~10-15 min on a shared 2-core machin
            number of training prompts per step (``--prompts``); the RL methods sample
            ``--n`` rollouts per prompt (LUFFY, CHORD-φ, HPT and EGSPO also get the prompt's
            demonstration row, HPT only for the prompts its gate sends to SFT); SFT trains on
-           the prompts' demonstrations. Same lr (constant, no warm-up) for every method;
+           the prompts' demonstrations. The same lr schedule for every method (``--lr``;
+           constant unless ``--min-lr`` sets a cosine decay over the steps, after
+           ``--lr-warmup-iters``); Adam restarts from the warm-up;
   seeds    ``--seeds`` seeds per method (data order, sampling, and the held-out set);
   eval     before training and every ``--eval-every`` steps: greedy accuracy on 64 held-out
            problems (a hash split of the pairs that training never draws) and avg@8 (8
            samples at T = 1 on 32 held-out problems, mean correctness).
 Writes ``benchmarks/methods.json`` and ``benchmarks/methods.png`` (needs matplotlib: the
 ``bench`` extra) and prints the table for RESULTS.md. Usage:
-``python benchmarks/methods.py [--steps 24] [--seeds 3]``.
+``python benchmarks/methods.py [--steps 24] [--seeds 3]``; the CPU demo's protocol (a short
+constant-lr warm-up, then the method anneals) is ``--warmup-iters 700 --warmup-batch 16
+--warmup-lr 2e-3 --warmup-decay constant --steps 300 --lr 1e-3 --min-lr 1e-4
+--lr-warmup-iters 10 --eval-every 50 --hpt-preset hpt_clean --hpt-gate 1``.
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ METHODS = {
     "GRPO": ["--loss-preset", "grpo"],
     "LUFFY": ["--loss-preset", "luffy"],
     "CHORD-phi": ["--loss-preset", "chord_phi"],
-    "HPT": ["--loss-preset", "hpt"],
+    "HPT": ["--loss-preset", "hpt"],  # --hpt-preset / --hpt-gate change it
     "EGSPO": ["--loss-preset", "egspo"],
 }
 
@@ -95,9 +100,16 @@ def run_method(name, seed, ckpt, a):
         if not rl else ["--rollout-batch-size", str(a.prompts), "--n-samples-per-prompt", str(a.n),
                         "--rollout-temperature", "1.0", "--rollout-max-response-len", "26",
                         "--micro-batch-size", str(rows), "--global-batch-size", str(rows)]
-    argv = MODEL + METHODS[name] + batch + [
+    method = METHODS[name]
+    if name == "HPT":
+        method = ["--loss-preset", a.hpt_preset] + (
+            ["--hpt-gate", str(a.hpt_gate)] if a.hpt_gate is not None else [])
+    schedule = ["--lr", str(a.lr), "--lr-warmup-iters", str(a.lr_warmup_iters)] + (
+        ["--min-lr", str(a.min_lr), "--lr-decay-style", "cosine", "--lr-decay-iters", str(a.steps)]
+        if a.min_lr is not None else ["--lr-decay-style", "constant"])
+    argv = MODEL + method + batch + [
         "--load", ckpt, "--finetune", "--no-load-optim", "--train-iters", str(a.steps),
-        "--lr", str(a.lr), "--seed", str(seed)]
+        "--seed", str(seed)] + schedule
     try:
         cfg, tok, model, optimizer, scheduler, task = build(argv)
         engine = task.engine if rl else TrainerEngine(cfg, model, tok)
@@ -128,11 +140,13 @@ def warm_up(a, ckpt):
     from megatron_hpt.train import run
     from megatron_hpt.training import distributed
     try:
-        out = run(MODEL + ["--loss-preset", "sft", "--micro-batch-size", "128",
-                           "--global-batch-size", "128", "--train-iters", str(a.warmup_iters),
-                           "--lr", "3e-3", "--min-lr", "3e-4", "--lr-warmup-iters", "10",
-                           "--lr-decay-style", "cosine", "--lr-decay-iters", str(a.warmup_iters),
-                           "--seed", "0", "--save", ckpt])
+        decay = (["--lr-decay-style", "constant"] if a.warmup_decay == "constant" else
+                 ["--min-lr", str(a.warmup_lr / 10), "--lr-decay-style", "cosine",
+                  "--lr-decay-iters", str(a.warmup_iters)])
+        out = run(MODEL + ["--loss-preset", "sft", "--micro-batch-size", str(a.warmup_batch),
+                           "--global-batch-size", str(a.warmup_batch),
+                           "--train-iters", str(a.warmup_iters), "--lr", str(a.warmup_lr),
+                           "--lr-warmup-iters", "10", "--seed", "0", "--save", ckpt] + decay)
         return out["summary"].get("eval greedy accuracy")
     finally:
         distributed.destroy()
@@ -165,11 +179,20 @@ def plot(results, path):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--warmup-iters", type=int, default=250)
+    p.add_argument("--warmup-batch", type=int, default=128, help="demonstrations per warm-up step")
+    p.add_argument("--warmup-lr", type=float, default=3e-3)
+    p.add_argument("--warmup-decay", choices=("cosine", "constant"), default="cosine",
+                   help="cosine: to warmup-lr / 10 over the warm-up")
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--eval-every", type=int, default=8)
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--min-lr", type=float, default=None,
+                   help="cosine decay from --lr to this over --steps (default: constant --lr)")
+    p.add_argument("--lr-warmup-iters", type=int, default=0)
+    p.add_argument("--hpt-preset", default="hpt", choices=("hpt", "hpt_clean"))
+    p.add_argument("--hpt-gate", type=int, default=None, help="default: the preset's")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--reuse-warmup", action="store_true",
@@ -186,7 +209,8 @@ def main():
     else:
         warm = warm_up(a, ckpt)
         with open(ckpt + ".json", "w") as f:
-            json.dump({"accuracy": warm, "iters": a.warmup_iters}, f)
+            json.dump({"accuracy": warm, "iters": a.warmup_iters, "batch": a.warmup_batch,
+                       "lr": a.warmup_lr, "decay": a.warmup_decay}, f)
     print(f"warm-up: {a.warmup_iters} SFT steps, held-out greedy accuracy {warm:.3f} "
           f"({time.time() - t0:.0f} s)", flush=True)
     results = {}
