@@ -57,7 +57,8 @@ def draw(logits: torch.Tensor, sampling: SamplingParams,
     else:
         probs = torch.softmax(truncate(logprobs, sampling.top_k, sampling.top_p), dim=-1)
         if isinstance(generator, (list, tuple)):
-            # one scalar per row generator: ~20x cheaper than one multinomial call per row
+            # one scalar per row generator: 6.4x faster than one multinomial call per row at
+            # 64 rows x V = 80 (benchmarks/sampling.py)
             uniform = torch.stack([torch.rand((), generator=g, dtype=torch.float64)
                                    for g in generator])
         else:
