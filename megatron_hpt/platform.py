@@ -103,11 +103,11 @@ def install_cpu_platform() -> None:
 def model_compute():
     """Suspends the mode of 4. around a dense GPT forward (training, log-prob and decoding
     passes). Its Python hook runs on every torch call: decoding the CPU demo's 64 rollouts takes
-    1.12x (median) to 1.26x (best) as long with it (benchmarks/cpu_redirect.py); megatron-core's dense GPT forward has no
-    ``device="cuda"`` literal (the causal-mask one is patched by 6.), and every test that runs a
-    model on CPU would fail on one ("Torch not compiled with CUDA enabled"). A no-op on CUDA,
-    before ``install_cpu_platform()``, and when another mode sits above ours (then nothing is
-    popped)."""
+    1.12x (median) to 1.26x (best) as long with it (benchmarks/cpu_redirect.py). megatron-core's
+    dense GPT forward has no ``device="cuda"`` literal (the causal-mask one is patched by 6.);
+    every test that runs a model on CPU would fail on one ("Torch not compiled with CUDA
+    enabled"). A no-op on CUDA, before ``install_cpu_platform()``, and when another mode sits
+    above ours (then nothing is popped)."""
     if _MODE is None or torch.overrides._get_current_function_mode() is not _MODE:
         yield
         return
